@@ -62,11 +62,27 @@ class RunDir:
             f.write(line)
 
     def metrics(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """The logged rows (of one stage). A last line cut short by a crash is skipped."""
         path = self.path("metrics.jsonl")
         if not path.exists():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if i != len(lines) - 1:
+                    raise ValueError(f"{path}: line {i + 1} is not JSON; the file was edited or corrupted") from err
         return [r for r in rows if stage is None or r["stage"] == stage]
+
+    def drop_metrics(self, stage: str) -> None:
+        """Remove the rows of ``stage`` (an unfinished attempt's, before the stage trains again), atomically."""
+        path = self.path("metrics.jsonl")
+        if not path.exists():
+            return
+        kept = [r for r in self.metrics() if r["stage"] != stage]
+        atomic_write_text(path, "".join(json.dumps(r, default=_default) + "\n" for r in kept))
 
     def write_result(self, result: Mapping[str, Any]) -> Path:
         return atomic_write_json(self.path("result.json"), dict(result))

@@ -45,6 +45,12 @@ def load_dataset(config: JobConfig):
     return split_train_eval(ds, config.data.eval_fraction, config.data.seed)
 
 
+def tokenize_options(config: JobConfig) -> dict:
+    """Keyword arguments of ``tokenize_pair`` / ``tokenize_prompt_response`` from the data section."""
+    d = config.data
+    return {"template": d.template, "max_length": d.max_length, "append_eos": d.response_eos}
+
+
 def prompt_texts(ds, limit: int | None) -> list[str]:
     texts = list(prompts(ds)["prompt"])
     return texts[:limit] if limit else texts

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
-from ray_align.algorithms.common import load_dataset
+from ray_align.algorithms.common import load_dataset, tokenize_options
 from ray_align.algorithms.preference import Pairs, pair_logps, steps_for, train_pairs
+from ray_align.algorithms.stages import finished_stage, record_stage
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.data import helpfulness_pairs, safety_pairs, tokenize_pairs
@@ -24,7 +25,7 @@ ROLES = ("trainer",)
 
 def dataset_pairs(ds, preference: str, tokenizer, config: JobConfig) -> Pairs:
     view = helpfulness_pairs(ds) if preference == "helpfulness" else safety_pairs(ds)
-    pairs = tokenize_pairs(view, tokenizer, template=config.data.template, max_length=config.data.max_length)
+    pairs = tokenize_pairs(view, tokenizer, **tokenize_options(config))
     return Pairs(pairs)
 
 
@@ -38,7 +39,11 @@ def dpo_run(
     beta: float,
     stage: str,
 ) -> tuple[str, dict]:
-    """Train one DPO policy from ``model_path`` (which is also its reference); returns (checkpoint, stats)."""
+    """Train one DPO policy from ``model_path`` (which is also its reference); returns (checkpoint, stats).
+
+    A stage an earlier attempt of this job finished is reused (ray_align.algorithms.stages)."""
+    if done := finished_stage(config, out, stage):
+        return done
     t = config.training
     steps = steps_for(len(pairs), t.batch_size, t.epochs)
     trainer = cluster.new_trainer(model_path, "causal_lm", total_steps=steps, rows_per_example=2)
@@ -62,7 +67,9 @@ def dpo_run(
     finally:
         trainer.shutdown()
     last = history[-1] if history else {}
-    return checkpoint, {"steps": len(history), "final_loss": last.get("loss", float("nan"))}
+    stats = {"steps": len(history), "final_loss": last.get("loss", float("nan"))}
+    record_stage(config, out, stage, stats)
+    return checkpoint, stats
 
 
 def preference_accuracy(ref: np.ndarray, policy: np.ndarray) -> float:

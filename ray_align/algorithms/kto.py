@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from ray_align.algorithms.common import load_dataset
+from ray_align.algorithms.common import load_dataset, tokenize_options
 from ray_align.algorithms.preference import Example, batches, example_logps, steps_for
+from ray_align.algorithms.stages import finished_stage, record_stage
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.data import (
@@ -84,7 +85,7 @@ def tokenized_singletons(
     config: JobConfig,
 ) -> Singletons:
     """Tokenise (prompt, completion) singletons; add mismatched partners when kto.kl_estimate asks for them."""
-    kwargs = {"template": config.data.template, "max_length": config.data.max_length}
+    kwargs = tokenize_options(config)
     examples = [tokenize_prompt_response(tokenizer, p, c, **kwargs) for p, c in zip(prompts, completions)]
     mismatched = None
     if config.kto.kl_estimate == "mismatched":
@@ -160,7 +161,11 @@ def kto_run(
     beta: float,
     stage: str,
 ) -> tuple[str, dict]:
-    """Train one KTO policy from ``model_path`` (which is also its reference); returns (checkpoint, stats)."""
+    """Train one KTO policy from ``model_path`` (which is also its reference); returns (checkpoint, stats).
+
+    A stage an earlier attempt of this job finished is reused (ray_align.algorithms.stages)."""
+    if done := finished_stage(config, out, stage):
+        return done
     t = config.training
     with_partners = data.mismatched is not None
     steps = steps_for(len(data), t.batch_size, t.epochs)
@@ -188,7 +193,9 @@ def kto_run(
         trainer.shutdown()
     last = history[-1] if history else {}
     stats = {"steps": len(history), "final_loss": last.get("loss", float("nan"))}
-    return checkpoint, stats | {"desirable_weight": w_plus, "undesirable_weight": w_minus}
+    stats |= {"desirable_weight": w_plus, "undesirable_weight": w_minus}
+    record_stage(config, out, stage, stats)
+    return checkpoint, stats
 
 
 def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:

@@ -18,6 +18,7 @@ from ray_align.algorithms.common import (
     prompt_token_ids,
     sample_and_score,
     sampling_from,
+    tokenize_options,
 )
 from ray_align.algorithms.dpo import dpo_run
 from ray_align.algorithms.preference import labelled_pairs, split_example
@@ -56,9 +57,7 @@ def sample_pairs(samples, prompt_ids: list[list[int]]):
 def dataset_pairs_scored(cluster: Cluster, ds, tokenizer, config: JobConfig):
     """The dataset's (response_0, response_1) pairs, tokenised and scored: (first, second, (r0, r1, g0, g1))."""
     view = helpfulness_pairs(ds)  # any orientation works: the labels below decide
-    tokenized = tokenize_pairs(
-        view, tokenizer, template=config.data.template, max_length=config.data.max_length
-    )
+    tokenized = tokenize_pairs(view, tokenizer, **tokenize_options(config))
     first = [p["chosen"] for p in tokenized]
     second = [p["rejected"] for p in tokenized]
     scores = []

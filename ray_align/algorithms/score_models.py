@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from ray_align.algorithms.common import load_dataset
+from ray_align.algorithms.common import load_dataset, tokenize_options
 from ray_align.algorithms.preference import Pair, batches, steps_for
+from ray_align.algorithms.stages import finished_stage, record_stage
 from ray_align.cluster import Cluster, PolicyTrainer
 from ray_align.config.schema import JobConfig
 from ray_align.data import collate_pairs, helpfulness_pairs, safety_pairs, tokenize_pairs, tokenizer_pad_id
@@ -53,7 +54,7 @@ class ScorePairs:
 def score_pairs(ds, cost: bool, tokenizer, config: JobConfig) -> ScorePairs:
     """Helpfulness pairs for the reward model, safety pairs with their safety labels for the cost model."""
     view = safety_pairs(ds) if cost else helpfulness_pairs(ds)
-    pairs = tokenize_pairs(view, tokenizer, template=config.data.template, max_length=config.data.max_length)
+    pairs = tokenize_pairs(view, tokenizer, **tokenize_options(config))
     if not cost:
         return ScorePairs(pairs)
     safe = np.stack([list(view["chosen_is_safe"]), list(view["rejected_is_safe"])], axis=1).astype(bool)
@@ -128,6 +129,9 @@ def train_score_model(
 def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     cost = config.algorithm == "cost_model"
     stage = config.algorithm
+    if done := finished_stage(config, out, stage):  # an earlier attempt of this job finished
+        checkpoint, result = done
+        return {"checkpoint": checkpoint, **result}
     t = config.training
     # 1. pairs
     train_ds, eval_ds = load_dataset(config)
@@ -165,5 +169,6 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         "eval_before": before,
         "eval": after,
     }
+    record_stage(config, out, stage, {k: v for k, v in result.items() if k != "checkpoint"})
     out.write_result(result)
     return result

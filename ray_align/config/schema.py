@@ -71,6 +71,9 @@ class DataConfig(Section):
     max_prompts: int | None = Field(default=None, gt=0)
     max_length: int = Field(default=512, gt=8)
     max_prompt_length: int = Field(default=256, gt=0)
+    # EOS after every dataset response (a response ended there). False when generation cuts responses at
+    # generation.max_tokens instead, so that trained and generated responses are the same tokens.
+    response_eos: bool = True
     seed: int = 0
 
     @model_validator(mode="after")

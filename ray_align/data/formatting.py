@@ -7,7 +7,8 @@ Templates (selected by name):
             owns the special tokens, so the text is encoded with add_special_tokens=False.
 
 Prompt and response are encoded separately and concatenated as ids, as a generator would produce them, so the
-response mask is exact: 1 on every response token (EOS included), 0 on prompt tokens. When prompt + response
+response mask is exact: 1 on every response token (EOS included), 0 on prompt tokens. Responses end with EOS
+unless `append_eos=False` (config `data.response_eos`). When prompt + response
 is longer than `max_length`, the prompt is cut from the left first (a leading BOS is kept) down to
 `min_prompt_tokens`, then the response is cut from the right (losing its EOS: the answer did not end there).
 
@@ -72,11 +73,19 @@ def encode_prompt(
     return list(tokenizer(text, add_special_tokens=template == "pku")["input_ids"])
 
 
-def encode_response(tokenizer: Any, response: str, template: TemplateName = "pku") -> list[int]:
-    """Token ids of the response followed by EOS (untruncated)."""
+def encode_response(
+    tokenizer: Any, response: str, template: TemplateName = "pku", append_eos: bool = True
+) -> list[int]:
+    """Token ids of the response followed by EOS (untruncated).
+
+    append_eos=False leaves EOS out: for responses that generation cuts at a length instead of ending them
+    (e.g. the one-token task's max_tokens = 1), so trained and generated responses are the same tokens.
+    """
+    ids = list(tokenizer(format_response(response, template), add_special_tokens=False)["input_ids"])
+    if not append_eos:
+        return ids
     if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has no eos_token; responses must end with EOS")
-    ids = tokenizer(format_response(response, template), add_special_tokens=False)["input_ids"]
+        raise ValueError("tokenizer has no eos_token; responses must end with EOS (or set data.response_eos=false)")
     return [*ids, tokenizer.eos_token_id]
 
 
@@ -127,11 +136,12 @@ def tokenize_prompt_response(
     template: TemplateName = "pku",
     max_length: int = 512,
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS,
+    append_eos: bool = True,
 ) -> Example:
     """One (prompt, response) example of at most `max_length` tokens (see the module doc for truncation)."""
     _check_lengths(max_length, min_prompt_tokens)
     prompt_ids = encode_prompt(tokenizer, prompt, template)
-    response_ids = encode_response(tokenizer, response, template)
+    response_ids = encode_response(tokenizer, response, template, append_eos)
     keep_p, keep_r = fit_lengths(len(prompt_ids), len(response_ids), max_length, min_prompt_tokens)
     return join_example(truncate_left(prompt_ids, keep_p, tokenizer.bos_token_id), response_ids[:keep_r])
 
@@ -145,13 +155,14 @@ def tokenize_pair(
     template: TemplateName = "pku",
     max_length: int = 512,
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS,
+    append_eos: bool = True,
 ) -> dict[str, Example]:
     """{"chosen": example, "rejected": example} sharing one prompt cut (fitted to the longer response), so a
     preference loss compares the two responses under the same conditioning."""
     _check_lengths(max_length, min_prompt_tokens)
     prompt_ids = encode_prompt(tokenizer, prompt, template)
-    responses = {"chosen": encode_response(tokenizer, chosen, template)}
-    responses["rejected"] = encode_response(tokenizer, rejected, template)
+    responses = {"chosen": encode_response(tokenizer, chosen, template, append_eos)}
+    responses["rejected"] = encode_response(tokenizer, rejected, template, append_eos)
     longest = max(len(ids) for ids in responses.values())
     keep_p, keep_r = fit_lengths(len(prompt_ids), longest, max_length, min_prompt_tokens)
     kept_prompt = truncate_left(prompt_ids, keep_p, tokenizer.bos_token_id)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -56,7 +56,9 @@ class TinySpec:
     num_attention_heads: int = 2
     max_position_embeddings: int = 512
     seed: int = 0
-    extra_tokens: tuple[str, ...] = ()  # whole-word tokens added to the vocabulary (e.g. a task's answers)
+    # Whole-word tokens added to the vocabulary (e.g. a task's answers). Each absorbs the whitespace before it,
+    # so " <a0>" (a response after the PKU template's space) is the same single token the model generates.
+    extra_tokens: tuple[str, ...] = ()
 
 
 def build_tokenizer(spec: TinySpec = TinySpec(), corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
@@ -76,7 +78,7 @@ def build_tokenizer(spec: TinySpec = TinySpec(), corpus: list[str] | None = None
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="right"
     )
     if spec.extra_tokens:
-        fast.add_tokens(list(spec.extra_tokens))
+        fast.add_tokens([AddedToken(t, lstrip=True, normalized=False) for t in spec.extra_tokens])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

@@ -117,14 +117,21 @@ def task_tokenizer_spec(task: KnownOptimumTask, base=None):
 
 
 def answer_token_ids(tokenizer, task: KnownOptimumTask) -> list[int]:
-    """Token id of each answer [A], checked: each answer encodes to one token, and no single token other
-    than the answers decodes to an answer's text (so text-level and token-level out-of-set rules agree)."""
+    """Token id of each answer [A], checked: each answer encodes to one token, with or without the space the
+    PKU template puts before a response, and no single token other than the answers decodes to an answer's
+    text (so text-level and token-level out-of-set rules agree)."""
     ids = []
     for answer in task.answers:
         encoded = tokenizer.encode(answer, add_special_tokens=False)
         if len(encoded) != 1:
             raise ValueError(
                 f"answer {answer!r} is {len(encoded)} tokens; build the tokenizer with task_tokenizer_spec"
+            )
+        spaced = tokenizer.encode(" " + answer, add_special_tokens=False)
+        if spaced != encoded:  # the PKU template puts a space before a dataset response
+            raise ValueError(
+                f"answer {answer!r} after a space is {spaced}, not {encoded}; the answer token must absorb "
+                "the space before it (build the tokenizer with task_tokenizer_spec)"
             )
         ids.append(int(encoded[0]))
     decoded = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)

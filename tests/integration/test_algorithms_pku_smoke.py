@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -187,6 +188,22 @@ def test_sacpo_steps_and_p_sacpo_merge(ray_session, pku_dir, tmp_path):
     for key, value in merged.items():
         expected = ((step1[key].double() + step2[key].double()) / 2).float()
         torch.testing.assert_close(value, expected, rtol=0, atol=0)
+
+
+def test_sacpo_rerun_resumes_after_the_finished_step(ray_session, pku_dir, tmp_path):
+    """A SACPO run that stopped during step 2 (its record and checkpoint absent, its metric rows half written)
+    is rerun into the same folder: step 1 is taken from disk, step 2 trains again and logs one attempt."""
+    config, first, out = run(pku_dir, tmp_path, "sacpo", *PREFERENCE)
+    step1_weights = causal_lm_state(first["checkpoints"]["step1"])
+    out.path("stages", "sacpo_2_safety.done").unlink()
+    shutil.rmtree(first["checkpoints"]["step2"])
+    _, again, out = run(pku_dir, tmp_path, "sacpo", *PREFERENCE)
+    assert again["step1"]["resumed"] is True and "resumed" not in again["step2"]
+    assert len(out.metrics("sacpo_1_helpfulness")) == 3 and len(out.metrics("sacpo_2_safety")) == 3
+    assert not changed(step1_weights, causal_lm_state(again["checkpoints"]["step1"]))
+    # the same settings with resume off train both steps again
+    _, fresh, _ = run(pku_dir, tmp_path, "sacpo", *PREFERENCE, "checkpoint.resume=false")
+    assert "resumed" not in fresh["step1"]
 
 
 def test_sacpo_safety_first_with_kto(ray_session, pku_dir, tmp_path):

@@ -1,0 +1,56 @@
+"""Resuming one-shot runs stage by stage.
+
+A finished training stage (one DPO, KTO or score-model run) is recorded in the run folder as
+``stages/<stage>.done``: its stats and the fingerprint of the job's config. Rerunning the same job into the same
+``output_dir`` (with ``checkpoint.resume``, the default) takes the stage's checkpoint instead of training again,
+provided the fingerprint matches and the checkpoint folder is there. Any changed setting changes the fingerprint,
+and then every stage trains again: a stage's inputs (its starting model, its data, its β) all follow from the
+config, so equal configs mean equal stages. Checkpoints are written atomically before the record, so a record
+never points at half a checkpoint.
+
+Sampling stages are not recorded: they are cheap next to training and deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from ray_align.config.schema import JobConfig
+from ray_align.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
+
+# Settings that do not change what a stage computes.
+_NOT_FINGERPRINTED = {"output_dir", "checkpoint", "logging"}
+
+
+def config_fingerprint(config: JobConfig) -> str:
+    data = config.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished_stage(config: JobConfig, out: RunDir, stage: str) -> tuple[str, dict] | None:
+    """(checkpoint, stats) of ``stage`` if an earlier attempt of this job finished it.
+
+    Otherwise None, and the stage is ready to train: metric rows an unfinished attempt logged for it are
+    dropped, so ``metrics.jsonl`` holds one attempt per stage.
+    """
+    if config.checkpoint.resume and out.done(stage):
+        info = out.stage_info(stage)
+        checkpoint = out.checkpoint(stage)
+        if info.get("config") != config_fingerprint(config):
+            logger.info("stage %s was finished with other settings; training it again", stage)
+        elif not checkpoint.is_dir():
+            logger.warning("stage %s is recorded as finished but %s is missing; training it again", stage, checkpoint)
+        else:
+            logger.info("stage %s finished in an earlier attempt; reusing %s", stage, checkpoint)
+            return str(checkpoint), {**info.get("stats", {}), "resumed": True}
+    out.drop_metrics(stage)
+    return None
+
+
+def record_stage(config: JobConfig, out: RunDir, stage: str, stats: dict) -> None:
+    """Record ``stage`` as finished (call after its checkpoint is saved)."""
+    out.mark_done(stage, {"config": config_fingerprint(config), "stats": stats})
