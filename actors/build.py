@@ -21,7 +21,7 @@ from actors.hf_generator import generator_class
 from actors.pools import GeneratorPool, ScorerPool
 from actors.remote import actor_env, in_bundle, remote_class
 from actors.scorer import FunctionScorer, ReferenceScorer, SequenceScorer, resolve_function
-from actors.trainer import LoraSettings, TrainConfig
+from actors.train_config import LoraSettings, TrainConfig
 from actors.trainer_group import TrainerGroup
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig

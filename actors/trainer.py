@@ -3,7 +3,8 @@
 A :class:`TrainerRank` owns one DeepSpeed engine around a Hugging Face model. It knows nothing of algorithms:
 ``train_step`` takes a batch shard and a loss spec, asks the model for the output the spec names
 (``spec.output``: "logprobs", "values" or "scores", see ray_align.losses.specs) and takes one optimizer step.
-:class:`actors.trainer_group.TrainerGroup` starts one rank per Ray actor and slices batches for them.
+:class:`actors.trainer_group.TrainerGroup` starts one rank per Ray actor and slices batches for them. Its
+settings are in actors.train_config, its model in actors.model_outputs.
 """
 
 from __future__ import annotations
@@ -13,206 +14,16 @@ import gc
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from actors.checkpoint import export_state_dict, save_hf_checkpoint
 from actors.distributed import device, init_process_group, shard_batch
-from ray_align.losses.logprobs import chunked_token_logprobs
-
-# The one output each model kind can produce; a spec asking for another is an error, not a silent fallback.
-OUTPUT_OF_KIND = {"causal_lm": "logprobs", "token_value": "values", "sequence_score": "scores"}
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapters through peft; ``modules_to_save`` are trained in full (e.g. ("score",) for a scorer)."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    modules_to_save: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one trainer group (torch AdamW under DeepSpeed).
-
-    One ``train_step`` is one optimizer step on micro_batch_size × grad_accum_steps rows per rank.
-    The learning rate is lr · lr_factor(step) (see :func:`lr_factor`) over ``total_steps`` optimizer steps.
-    ``zero3_persistence_threshold``: ZeRO-3 keeps parameters with fewer elements than this unpartitioned
-    (DeepSpeed's default 1e5; 0 partitions everything).
-    """
-
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    lr_schedule: str = "constant"  # "constant" | "cosine", both after a linear warmup
-    warmup_ratio: float = 0.0
-    total_steps: int = 1
-    min_lr_ratio: float = 0.0
-    zero_stage: int = 0
-    zero3_persistence_threshold: int = 100_000
-    dtype: str = "fp32"  # "fp32" | "bf16"
-    micro_batch_size: int = 1
-    grad_accum_steps: int = 1
-    grad_clip: float = 1.0  # 0 disables clipping
-    gradient_checkpointing: bool = False
-    disable_dropout: bool = True  # RL ratios and values compare train-mode outputs with no-grad ones
-    lora: LoraSettings | None = None
-    logprob_chunk_size: int = 256
-    seed: int = 0
-    extra_ds_config: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
-        if min(self.micro_batch_size, self.grad_accum_steps, self.total_steps, self.logprob_chunk_size) < 1:
-            raise ValueError(
-                "micro_batch_size, grad_accum_steps, total_steps, logprob_chunk_size must be >= 1"
-            )
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Multiplier of the base lr at optimizer step ``step`` (0-based).
-
-    Warmup: (step+1)/warmup_steps for step < warmup_steps, so the first step already moves the weights.
-    Then "constant": 1; "cosine": min_lr_ratio + (1 - min_lr_ratio)·½(1 + cos(π·p)) with
-    p = (step - warmup_steps)/(total_steps - warmup_steps) clipped to [0, 1].
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``train`` (the optimizer and schedule are passed as objects, not here)."""
-    zero: dict[str, Any] = {"stage": train.zero_stage}
-    if train.zero_stage == 3:
-        zero["stage3_param_persistence_threshold"] = train.zero3_persistence_threshold
-    config = {
-        "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.grad_accum_steps,
-        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
-        "gradient_clipping": train.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": train.dtype == "bf16"},
-        # torch AdamW: DeepSpeed's fused/CPU Adam would JIT-compile C++ at startup.
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-    config.update(train.extra_ds_config)
-    return config
-
-
-class ModelOutputs(nn.Module):
-    """A Hugging Face model whose forward returns exactly the tensor a loss spec consumes.
-
-    forward(input_ids [B,T], attention_mask [B,T]) ->
-      "logprobs": [B,T-1] float32, logprobs[:, t] = log p(input_ids[:, t+1] | input_ids[:, :t+1]), from the
-                  backbone's hidden states through chunked_token_logprobs (never all [B,T,V] logits at once);
-      "values":   [B,T-1] float32, the token classifier's output at positions 0..T-2;
-      "scores":   [B] float32, the sequence head at the last non-pad token (right padding: index sum(mask)-1).
-    DeepSpeed wraps this module, so one engine forward covers the whole computation (ZeRO-3 gathers each
-    submodule's parameters in its own hooks, including the head inside the checkpointed chunks).
-    """
-
-    def __init__(self, model: nn.Module, output: str, chunk_size: int):
-        super().__init__()
-        self.model = model
-        self.output = output
-        self.chunk_size = chunk_size
-
-    def hf_model(self) -> nn.Module:
-        """The transformers model (with LoRA layers injected, if any) inside an optional peft wrapper."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hf = self.hf_model()
-        if self.output == "values":
-            logits = hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B,T,1]
-            return logits[:, :-1, 0].float()
-        backbone = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = backbone.last_hidden_state  # [B,T,H]
-        if self.output == "logprobs":
-            labels = input_ids[:, 1:]
-            return chunked_token_logprobs(hidden[:, :-1], hf.get_output_embeddings(), labels, self.chunk_size)
-        last = attention_mask.long().sum(dim=-1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B,H]
-        head = hf.score if hasattr(hf, "score") else hf.classifier  # Llama/GPT-2/Qwen name it score
-        return head(pooled)[:, 0].float()
-
-
-def load_model(model_path: str, model_kind: str, train: TrainConfig) -> nn.Module:
-    """The transformers model of this kind from a local checkpoint, with LoRA / gradient checkpointing applied."""
-    import transformers
-
-    auto = {
-        "causal_lm": transformers.AutoModelForCausalLM,
-        "token_value": transformers.AutoModelForTokenClassification,
-        "sequence_score": transformers.AutoModelForSequenceClassification,
-    }[model_kind]
-    model = auto.from_pretrained(model_path, dtype=torch.float32)
-    if train.disable_dropout:
-        disable_dropout(model)
-    if train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if train.lora is not None:
-        import peft
-
-        lora = train.lora
-        config = peft.LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            modules_to_save=list(lora.modules_to_save) or None,
-        )
-        model = peft.get_peft_model(model, config)
-    return model
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Zero every dropout: nn.Dropout modules and the float rates attention layers keep as attributes.
-
-    With dropout on, a training forward differs from the no-grad forward that produced old log-probs / old
-    values, so the PPO ratio and the value clip would start away from 1 / 0 for no reason.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        for attr in ("attention_dropout", "dropout"):
-            if isinstance(getattr(module, attr, None), float):
-                setattr(module, attr, 0.0)
-
-
-def adamw_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: matrices decay, vectors (norm weights, biases) do not.
-
-    Empty groups are left out (e.g. LoRA trains matrices only). The rank is read from ``ds_shape`` when
-    ZeRO-3 has already partitioned a parameter (its data is then 1-D).
-    """
-    decay, no_decay = [], []
-    for param in module.parameters():
-        if param.requires_grad:
-            (decay if len(getattr(param, "ds_shape", param.shape)) >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]  # DeepSpeed drops empty groups; the lr schedule must match
+from actors.model_outputs import OUTPUT_OF_KIND, ModelOutputs, load_model
+from actors.train_config import TrainConfig, adamw_param_groups, deepspeed_config, lr_factor
 
 
 def mean_stats(stats: list[Mapping[str, float]]) -> dict[str, float]:

@@ -16,8 +16,10 @@ import torch
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from actors.distributed import rendezvous_address, shard_batch
+from actors.model_outputs import OUTPUT_OF_KIND
 from actors.remote import actor_env, in_bundle, remote_class, run_on_node
-from actors.trainer import OUTPUT_OF_KIND, TrainConfig, TrainerRank, mean_stats
+from actors.train_config import TrainConfig
+from actors.trainer import TrainerRank, mean_stats
 
 __all__ = ["TrainerGroup", "shard_batch"]
 

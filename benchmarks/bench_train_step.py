@@ -21,7 +21,7 @@ import time
 import ray
 import torch
 
-from actors.trainer import TrainConfig
+from actors.train_config import TrainConfig
 from actors.trainer_group import TrainerGroup
 from ray_align.losses.logprobs import sequence_logps
 from ray_align.losses.specs import DPOSpec

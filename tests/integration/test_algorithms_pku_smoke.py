@@ -191,9 +191,9 @@ def test_sacpo_steps_and_p_sacpo_merge(ray_session, pku_dir, tmp_path):
 
 
 def test_sacpo_rerun_resumes_after_the_finished_step(ray_session, pku_dir, tmp_path):
-    """A SACPO run that stopped during step 2 (its record and checkpoint absent, its metric rows half written)
+    """A SACPO run that stopped during step 2 (its record and checkpoint removed, its metric rows left behind)
     is rerun into the same folder: step 1 is taken from disk, step 2 trains again and logs one attempt."""
-    config, first, out = run(pku_dir, tmp_path, "sacpo", *PREFERENCE)
+    _, first, out = run(pku_dir, tmp_path, "sacpo", *PREFERENCE)
     step1_weights = causal_lm_state(first["checkpoints"]["step1"])
     out.path("stages", "sacpo_2_safety.done").unlink()
     shutil.rmtree(first["checkpoints"]["step2"])

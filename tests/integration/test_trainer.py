@@ -16,7 +16,7 @@ from trainer_batches import make_batch
 from transformers import AutoModelForCausalLM
 
 from actors.checkpoint import WEIGHTS_NAME, atomic_dir, export_state_dict, load_state_dict
-from actors.trainer import LoraSettings, TrainConfig, lr_factor
+from actors.train_config import LoraSettings, TrainConfig, lr_factor
 from ray_align.losses.specs import DPOSpec, SFTSpec
 
 CLIP = 0.5
@@ -141,7 +141,7 @@ def test_chunked_logprobs_equal_full_logits(groups, tiny_models):
 def torch_reference(path, batches, spec, lrs, weight_decay):
     """The same steps with transformers + torch AdamW, no DeepSpeed: full logits, clip_grad_norm_, set lr.
 
-    Parameter groups as in actors.trainer: matrices decay, vectors do not. Returns (state dict, grad norms).
+    Parameter groups as in actors.train_config: matrices decay, vectors do not. Returns (state dict, grad norms).
     """
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
     params = list(model.parameters())

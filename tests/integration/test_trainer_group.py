@@ -14,7 +14,7 @@ from transformers import (
 
 from actors.checkpoint import load_state_dict
 from actors.distributed import shard_batch
-from actors.trainer import TrainConfig
+from actors.train_config import TrainConfig
 from ray_align.losses.specs import RewardModelSpec, SFTSpec, ValueSpec
 
 # ---- shard_batch (pure) -------------------------------------------------------------------------------------
