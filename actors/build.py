@@ -101,6 +101,8 @@ class ClusterBuilder:
     models: ResolvedModels
     plan: PlacementPlan
     pg: Any = None
+    # Trainer groups that hold a role's bundles at the same time: each group asks for 1/share of every bundle.
+    shares: dict[str, int] = field(default_factory=dict)
     groups: list[TrainerGroup] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
 
@@ -247,13 +249,14 @@ class ClusterBuilder:
             seed=t.seed,
         )
         slots = [self.plan.slot(role, i) for i in range(world)]
+        share = self.shares.get(role, 1)
         group = TrainerGroup(
             model_path,
             kind,
             world,
             train,
-            num_cpus_per_rank=slots[0].cpus,
-            num_gpus_per_rank=slots[0].gpus,
+            num_cpus_per_rank=slots[0].cpus / share,
+            num_gpus_per_rank=slots[0].gpus / share,
             placement_group=self.pg,
             bundle_indices=[s.bundle for s in slots],
         )
@@ -284,21 +287,8 @@ def build_cluster(
         cost_critic_path=models.cost_critic,
     )
     if "critic" in roles:
-        from dataclasses import replace
-
-        # PPO-Lagrangian holds 1 + m critic groups at once (reward, one per constraint) on the critic bundles;
-        # each group asks for an equal share of them, so all fit (a group otherwise asks for whole bundles).
-        share = 1 + len(models.constraint_names)
-        slots = {
-            key: replace(slot, cpus=slot.cpus / share, gpus=slot.gpus / share) if key[0] == "critic" else slot
-            for key, slot in builder.plan.slots.items()
-        }
-        critics = replace(builder, plan=replace(builder.plan, slots=slots))  # same pg, same group list
-
-        def new_trainer(model_path: str, kind: str = "causal_lm", *, role: str = "trainer", **kwargs: Any):
-            return (critics if role == "critic" else builder).trainer(model_path, kind, role=role, **kwargs)
-
-        cluster.new_trainer = new_trainer
+        # PPO-Lagrangian holds 1 + m critic groups at once (reward, one per constraint) on the critic bundles.
+        builder.shares["critic"] = 1 + len(models.constraint_names)
     if "generator" in roles:
         cluster.generator = builder.generator()
     if "scorer" in roles:
