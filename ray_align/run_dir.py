@@ -76,12 +76,17 @@ class RunDir:
                     raise ValueError(f"{path}: line {i + 1} is not JSON; the file was edited or corrupted") from err
         return [r for r in rows if stage is None or r["stage"] == stage]
 
-    def drop_metrics(self, stage: str) -> None:
-        """Remove the rows of ``stage`` (an unfinished attempt's, before the stage trains again), atomically."""
+    def drop_metrics(self, stage: str, from_step: int | None = None) -> None:
+        """Remove the rows of ``stage`` (all, or those with step ≥ ``from_step``), atomically: what an unfinished
+        attempt logged before the stage (or its steps from ``from_step`` on) runs again."""
         path = self.path("metrics.jsonl")
         if not path.exists():
             return
-        kept = [r for r in self.metrics() if r["stage"] != stage]
+        kept = [
+            r
+            for r in self.metrics()
+            if r["stage"] != stage or (from_step is not None and r["step"] < from_step)
+        ]
         atomic_write_text(path, "".join(json.dumps(r, default=_default) + "\n" for r in kept))
 
     def write_result(self, result: Mapping[str, Any]) -> Path:

@@ -18,6 +18,11 @@ projected gradient descent on the dual, u = ∇D(λ_t).
 
 The DPO reference stays π_ref throughout (the KL in the objective is to π_ref); its log-probs are taken once,
 before the first step. The pairs are π_ref samples (or the dataset's pairs, can.pairs), as in MoCAN.
+
+Resume: with checkpoint.every = n, θ and the coordinator's state are saved after every n-th iteration
+(checkpoints/caid_iter_XXXX). A rerun with checkpoint.resume continues after the newest complete one; step 0 is
+recomputed (seeded, so the same samples and pairs), the optimizer's moments and the learning-rate schedule start
+fresh, as in PPO-Lagrangian.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ray_align.algorithms.common import (
 )
 from ray_align.algorithms.mocan import dataset_pairs_scored, sample_pairs
 from ray_align.algorithms.preference import labelled_pairs, pair_logps, steps_for, train_pairs
+from ray_align.algorithms.rollout import DUAL_FILE, latest_checkpoint
 from ray_align.algorithms.sample_score import dual_bounds
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
@@ -43,6 +49,7 @@ from ray_align.losses.specs import DPOSpec
 from ray_align.run_dir import RunDir
 
 ROLES = ("generator", "scorer", "trainer")
+ITER_PREFIX = "caid_iter_"
 
 
 def slack(utilities: np.ndarray, prompt_index: np.ndarray, tau: np.ndarray) -> np.ndarray:
@@ -57,34 +64,49 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     train, _ = load_dataset(config)
     tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
     bounds = dual_bounds(config, names)
-    # 0. π_ref samples: the reference utilities, the warm start and the pairs
+    resumed = latest_checkpoint(out, ITER_PREFIX) if config.checkpoint.resume else None
+    start = resumed[0] if resumed else 0
+    # 0. π_ref samples: the reference utilities, the warm start and the pairs (recomputed on resume: seeded)
     texts = prompt_texts(train, c.num_prompts)
     ids = prompt_token_ids(texts, config, cluster.policy_path)
     ref_samples = sample_and_score(cluster, ids, sampling_from(config, n=c.samples_per_prompt))
     table = ref_samples.table()
     tau = thresholds(table, margin=bounds["margin"], threshold=bounds["threshold"])
-    if c.warm_start:
+    if resumed:
+        cluster.coordinator.restore(str(resumed[1] / DUAL_FILE))
+    elif c.warm_start:
         cluster.coordinator.solve(table, config.can.beta, **bounds)
     if config.can.pairs == "samples":
         first, second, (r0, r1, g0, g1) = sample_pairs(ref_samples, ids)
     else:
         first, second, (r0, r1, g0, g1) = dataset_pairs_scored(cluster, train, tokenizer, config)
 
-    steps = c.iterations * steps_for(len(first), t.batch_size, c.epochs_per_iteration)
+    per_iteration = steps_for(len(first), t.batch_size, c.epochs_per_iteration)
+    steps = max(1, c.iterations - start) * per_iteration
     trainer = cluster.new_trainer(cluster.policy_path, "causal_lm", total_steps=steps, rows_per_example=2)
-    history = []
+    # the finished iterations' records (as logged), then a clean slate for the rest
+    history = [
+        {k: v for k, v in row.items() if k not in ("step", "stage")}
+        for row in out.metrics("caid")
+        if row["step"] < start
+    ]
+    for it in range(start, c.iterations):  # an unfinished attempt's rows of these iterations go
+        out.drop_metrics(f"caid_dpo_{it}")
+    out.drop_metrics("caid", from_step=start)
     try:
         pad_id = tokenizer.pad_token_id
-        # π_ref log-probs of both orientations; the labels only pick which side is "chosen".
+        # π_ref log-probs of both orientations (from the initial weights); the labels only pick "chosen".
         ref = pair_logps(
             trainer, [{"chosen": a, "rejected": b} for a, b in zip(first, second)], pad_id, t.batch_size
         )
+        if resumed:  # θ_start; the generators sample it only after the next DPO step, which syncs them
+            trainer.load(str(resumed[1]))
         spec = DPOSpec(
             beta=config.can.beta, label_smoothing=config.dpo.label_smoothing, loss_type=config.dpo.loss_type
         )
         soft = config.can.label == "soft"
         lam = np.asarray(cluster.coordinator.lam())
-        for it in range(c.iterations):
+        for it in range(start, c.iterations):
             # 1. Lagrangian maximisation at λ_t: DPO on pairs relabelled by r + λ_tᵀg, reference π_ref
             labels = mocan_labels(r0, r1, g0, g1, lam, rng=config.seed + it, soft=soft)
             pairs = labelled_pairs(first, second, labels, soft)
@@ -120,6 +142,9 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
             record["next_lambda"] = lam.tolist()
             out.log_metrics(it, "caid", record)
             history.append(record)
+            every = config.checkpoint.every
+            if every and (it + 1) % every == 0 and it + 1 < c.iterations:
+                save_iteration(out, it + 1, trainer, cluster.coordinator, config.checkpoint.keep)
         checkpoint = trainer.save(str(out.checkpoint("caid")))
     finally:
         trainer.shutdown()
@@ -127,7 +152,17 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         "checkpoint": checkpoint,
         "lambda": dict(zip(names, np.asarray(cluster.coordinator.lam()).tolist())),
         "iterations": history,
-        "final_slack": dict(zip(names, history[-1]["slack"])),
+        "resumed_from_iteration": start,
+        "final_slack": dict(zip(names, history[-1]["slack"])) if history else {},
     }
     out.write_result(result)
     return result
+
+
+def save_iteration(out: RunDir, done: int, trainer, coordinator, keep: int) -> None:
+    """checkpoints/caid_iter_{done}: θ after ``done`` iterations, then the coordinator's state (written last, so
+    a folder without it is incomplete and never resumed from); older ones beyond ``keep`` are deleted."""
+    path = out.checkpoint(f"{ITER_PREFIX}{done:04d}")
+    trainer.save(str(path))
+    coordinator.save(str(path / DUAL_FILE))
+    out.prune_checkpoints(ITER_PREFIX, keep)

@@ -209,14 +209,15 @@ def save_checkpoint(
     return path
 
 
-def latest_checkpoint(out: RunDir) -> tuple[int, Path] | None:
-    """(step, folder) of the newest complete step checkpoint of the run, or None."""
+def latest_checkpoint(out: RunDir, prefix: str = STEP_PREFIX) -> tuple[int, Path] | None:
+    """(step, folder) of the newest complete checkpoint ``{prefix}{step}`` of the run (one with DUAL_FILE), or
+    None. CAID uses it with its own prefix for iterations."""
     folder = out.path("checkpoints")
     if not folder.is_dir():
         return None
     found = [
         (int(m.group(1)), p)
         for p in folder.iterdir()
-        if (m := re.fullmatch(rf"{STEP_PREFIX}(\d+)", p.name)) and (p / DUAL_FILE).is_file()
+        if (m := re.fullmatch(rf"{re.escape(prefix)}(\d+)", p.name)) and (p / DUAL_FILE).is_file()
     ]
     return max(found) if found else None

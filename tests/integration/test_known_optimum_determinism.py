@@ -1,5 +1,6 @@
 """The iterative methods are deterministic for a seed: two runs of CAID and of PPO-Lagrangian on the one-token
-task (m = 2, so λ is a vector) log the same λ history, bit for bit.
+task (m = 2, so λ is a vector) log the same λ history, bit for bit. Also: CAID resumes from its last complete
+iteration checkpoint.
 
 What makes that hold: vLLM samples with a per-request seed (generation.seed + the step or iteration), the
 trainers run on CPU torch with dropout off and a seeded data order, the dual rules are plain float64 numpy in
@@ -9,6 +10,9 @@ test_known_optimum_ppo_lag.py).
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 from known_optimum import build_reference, job_config
@@ -24,40 +28,65 @@ def reference(tmp_path_factory):
     return build_reference(tmp_path_factory.mktemp("known-optimum-determinism"), 2)
 
 
-def _twice(reference, tmp_path, algorithm: str, *overrides: str, **kwargs) -> list[list[dict]]:
-    """The metrics rows of two runs of the same job into different folders."""
-    rows = []
-    for i in range(2):
-        out = tmp_path / f"{algorithm}{i}"
+def _twice(reference, root, algorithm: str, *overrides: str, **kwargs) -> list[Path]:
+    """The output folders of two runs of the same job."""
+    outs = [root / f"{algorithm}{i}" for i in range(2)]
+    for out in outs:
         run_job(job_config(reference, out, algorithm, *overrides, **kwargs))
-        rows.append(RunDir(out).metrics(algorithm))
-    return rows
+    return outs
 
 
-def test_caid_lambda_history_is_reproducible(ray_session, reference, tmp_path):
-    first, second = _twice(
-        reference,
-        tmp_path,
-        "caid",
-        "can.samples_per_prompt=64",
-        "caid.samples_per_prompt=64",
-        "caid.num_prompts=3",
-        "caid.iterations=3",
-        "caid.epochs_per_iteration=4",
-        "dual.rule=projected",
-        "dual.lr=0.5",
-        "training.lr=5e-3",
-        "training.batch_size=32",
-        "training.micro_batch_size=32",
-    )
-    history = [(r["lambda"], r["slack"], r["next_lambda"]) for r in first]
+CAID = (
+    "can.samples_per_prompt=64",
+    "caid.samples_per_prompt=64",
+    "caid.num_prompts=3",
+    "caid.iterations=3",
+    "caid.epochs_per_iteration=4",
+    "dual.rule=projected",
+    "dual.lr=0.5",
+    "training.lr=5e-3",
+    "training.batch_size=32",
+    "training.micro_batch_size=32",
+    "checkpoint.every=1",
+)
+
+
+@pytest.fixture(scope="module")
+def caid_runs(ray_session, reference, tmp_path_factory) -> list[Path]:
+    return _twice(reference, tmp_path_factory.mktemp("caid"), "caid", *CAID)
+
+
+def _caid_history(out: Path) -> list[tuple]:
+    return [(r["lambda"], r["slack"], r["next_lambda"]) for r in RunDir(out).metrics("caid")]
+
+
+def test_caid_lambda_history_is_reproducible(caid_runs):
+    history = _caid_history(caid_runs[0])
     assert len(history) == 3
-    assert history == [(r["lambda"], r["slack"], r["next_lambda"]) for r in second]
+    assert history == _caid_history(caid_runs[1])
     assert history[0][2] != history[-1][2]  # λ moved: the equality is not that of a frozen run
 
 
+def test_caid_resumes_after_its_last_complete_iteration(ray_session, reference, caid_runs, tmp_path):
+    """A copy of a finished run loses its final checkpoint (the crash came during the last iteration, after
+    its metric rows): the rerun restores θ and λ from caid_iter_0002 and trains iteration 2 only."""
+    out = tmp_path / "caid"
+    shutil.copytree(caid_runs[0], out)
+    shutil.rmtree(out / "checkpoints" / "caid")
+    before = _caid_history(out)
+    dpo_rows = len(RunDir(out).metrics("caid_dpo_2"))
+    result = run_job(job_config(reference, out, "caid", *CAID))
+    assert result["resumed_from_iteration"] == 2
+    after = _caid_history(out)
+    assert len(after) == 3 and after[:2] == before[:2]
+    assert after[2][0] == before[2][0]  # iteration 2 trained at the restored λ_2
+    assert len(RunDir(out).metrics("caid_dpo_2")) == dpo_rows  # one attempt's rows
+    assert [it["iteration"] for it in result["iterations"]] == [0, 1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0001", "caid_iter_0002"]
+
+
 def test_ppo_lag_lambda_history_is_reproducible(ray_session, reference, tmp_path):
-    first, second = _twice(
+    outs = _twice(
         reference,
         tmp_path,
         "ppo_lag",
@@ -76,7 +105,7 @@ def test_ppo_lag_lambda_history_is_reproducible(ray_session, reference, tmp_path
         critics=True,
     )
     keys = ("lambda_safety", "lambda_humour", "kl", "reward")
-    history = [tuple(r[k] for k in keys) for r in first]
+    history, again = ([tuple(r[k] for k in keys) for r in RunDir(out).metrics("ppo_lag")] for out in outs)
     assert len(history) == 4
-    assert history == [tuple(r[k] for k in keys) for r in second]
+    assert history == again
     assert history[0][:2] != history[-1][:2]
