@@ -123,9 +123,11 @@ def rl_step(
     samples = sample_and_score(cluster, [prompt_ids[i] for i in idx], rollout_sampling(config, k))
     if p.save_rollouts:
         samples.write(out.path("tables", "rollouts", f"step_{k:06d}.parquet"), [texts[i] for i in idx], names)
-    # 3. log π_old, log π_ref, V_r, V_c
+    # 3. log π_old, log π_ref, V_r, V_c (issued together: they run on different actors)
+    scored = time.perf_counter()
     exp = collect_experience(cluster, actor, critics, samples, pad_id)
     rollout_seconds = time.perf_counter() - began
+    experience_seconds = time.perf_counter() - scored
     # 4. λ from this rollout's per-episode costs; held constant below
     lam = np.asarray(cluster.coordinator.update(dual_estimate(config.dual.rule, samples.costs)))
     # 5. KL-shaped streams, GAE per stream, A = (A_r − Σλ_j A_cj)/(1 + Σλ_j)
@@ -157,6 +159,7 @@ def rl_step(
         "sync_engine_seconds": sync["seconds"],
         "sync_bytes": sync["bytes"],
         "rollout_seconds": rollout_seconds,
+        "experience_seconds": experience_seconds,
         "step_seconds": time.perf_counter() - began,
     }
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -85,21 +87,35 @@ def collect_experience(
     critics: Sequence[PolicyTrainer],
     samples: ScoredSamples,
     pad_id: int,
+    concurrent: bool = True,
 ) -> Experience:
     """Old log-probs (the actor), reference log-probs (cluster.reference) and values (critics[0] for the reward,
-    critics[1 + j] for constraint j) of the sampled responses."""
+    critics[1 + j] for constraint j) of the sampled responses.
+
+    The 2 + m forwards run on different actors, so by default they are issued together from threads (each call
+    only waits on its own actors); ``concurrent=False`` runs them one after another (benchmarks compare both).
+    """
     r = samples.rollouts
     batch = collate([join_example(p, y) for p, y in zip(r.prompt_ids, r.response_ids)], pad_id)
     width = batch["response_mask"].shape[1]
-    ref = cluster.reference.response_logprobs(r.prompt_ids, r.response_ids)
+    calls = [
+        partial(cluster.reference.response_logprobs, r.prompt_ids, r.response_ids),
+        partial(actor.logprobs, batch),
+        *(partial(c.values, batch) for c in critics),
+    ]
+    if concurrent:
+        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+            ref, logprobs, *values = [f.result() for f in [pool.submit(call) for call in calls]]
+    else:
+        ref, logprobs, *values = [call() for call in calls]
     return Experience(
         batch=batch,
-        logprobs=actor.logprobs(batch),
+        logprobs=logprobs,
         ref_logprobs=ragged_to_tokens(ref, [len(p) for p in r.prompt_ids], width),
         reward=torch.as_tensor(samples.reward, dtype=torch.float32),
         costs=torch.as_tensor(samples.costs, dtype=torch.float32).reshape(len(r), -1),
-        reward_values=critics[0].values(batch),
-        cost_values=torch.stack([c.values(batch) for c in critics[1:]], dim=-1),
+        reward_values=values[0],
+        cost_values=torch.stack(values[1:], dim=-1),
     )
 
 
