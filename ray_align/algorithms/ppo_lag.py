@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from ray_align.algorithms.rollout import (
     DUAL_FILE,
     Experience,
     Targets,
+    call_all,
     collect_experience,
     critic_dirs,
     lagrangian_targets,
@@ -234,18 +236,25 @@ def ppo_epochs(
     targets: Targets,
     names: list[str],
     seed: int,
+    concurrent: bool = True,
 ) -> dict[str, float]:
-    """ppo.ppo_epochs shuffled passes over the rollout; per minibatch one actor step and one step per critic."""
+    """ppo.ppo_epochs shuffled passes over the rollout; per minibatch one actor step and one step per critic,
+    issued together (they train different actors; ``concurrent=False`` runs them in turn)."""
     actor_spec = PPOSpec(clip_eps=config.ppo.clip_eps, ptx_coef=config.ppo.ptx_coef)
     value_spec = ValueSpec(clip=config.ppo.value_clip)
     critic_keys = ["reward_critic", *(f"cost_critic_{n}" for n in names)]
     stats = []
     for idx in batches(len(exp), config.training.batch_size, config.ppo.ppo_epochs, seed):
         actor_batch, critic_batches = minibatches(exp, targets, idx)
-        a = actor.train_step(actor_batch, actor_spec)
+        a, *c = call_all(
+            [
+                partial(actor.train_step, actor_batch, actor_spec),
+                *(partial(critic.train_step, b, value_spec) for critic, b in zip(critics, critic_batches, strict=True)),
+            ],
+            concurrent,
+        )
         row = {"actor_loss": a["loss"], "actor_grad_norm": a["grad_norm"], "actor_lr": a["lr"]}
         row |= {key: a[key] for key in ("clip_frac", "approx_kl", "ratio")}
-        for key, critic, batch in zip(critic_keys, critics, critic_batches, strict=True):
-            row[f"{key}_loss"] = critic.train_step(batch, value_spec)["loss"]
+        row |= {f"{key}_loss": stats["loss"] for key, stats in zip(critic_keys, c, strict=True)}
         stats.append(row)
     return mean_stats(stats)

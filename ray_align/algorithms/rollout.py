@@ -1,6 +1,7 @@
 """The pieces of one PPO-Lagrangian step that are not the loop itself (ray_align.algorithms.ppo_lag).
 
     prompt_indices        which prompts the k-th rollout batch samples (epoch-wise permutations)
+    call_all              calls on different actors, issued together (the experience and training passes)
     collect_experience    one rollout → token tensors, old / reference log-probs, reward and cost values
     lagrangian_targets    KL-shaped streams → GAE per stream → the Lagrangian advantage and the critics' returns
     minibatches           the actor's and the critics' train batches for some rows of the rollout
@@ -13,11 +14,12 @@ next-token convention of ray_align.cluster, m constraints.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +83,16 @@ class Experience:
         return self.reward.shape[0]
 
 
+def call_all(calls: Sequence[Callable[[], Any]], concurrent: bool = True) -> list[Any]:
+    """The results of zero-argument ``calls`` that each wait on their own actors: issued together from threads
+    (``ray.get`` releases the GIL), or one after another with ``concurrent=False``."""
+    if not concurrent or len(calls) < 2:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [f.result() for f in futures]
+
+
 def collect_experience(
     cluster: Cluster,
     actor: PolicyTrainer,
@@ -92,22 +104,20 @@ def collect_experience(
     """Old log-probs (the actor), reference log-probs (cluster.reference) and values (critics[0] for the reward,
     critics[1 + j] for constraint j) of the sampled responses.
 
-    The 2 + m forwards run on different actors, so by default they are issued together from threads (each call
-    only waits on its own actors); ``concurrent=False`` runs them one after another (benchmarks compare both).
+    The 2 + m forwards run on different actors, so by default they are issued together (:func:`call_all`);
+    ``concurrent=False`` runs them one after another (benchmarks compare both).
     """
     r = samples.rollouts
     batch = collate([join_example(p, y) for p, y in zip(r.prompt_ids, r.response_ids)], pad_id)
     width = batch["response_mask"].shape[1]
-    calls = [
-        partial(cluster.reference.response_logprobs, r.prompt_ids, r.response_ids),
-        partial(actor.logprobs, batch),
-        *(partial(c.values, batch) for c in critics),
-    ]
-    if concurrent:
-        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-            ref, logprobs, *values = [f.result() for f in [pool.submit(call) for call in calls]]
-    else:
-        ref, logprobs, *values = [call() for call in calls]
+    ref, logprobs, *values = call_all(
+        [
+            partial(cluster.reference.response_logprobs, r.prompt_ids, r.response_ids),
+            partial(actor.logprobs, batch),
+            *(partial(c.values, batch) for c in critics),
+        ],
+        concurrent,
+    )
     return Experience(
         batch=batch,
         logprobs=logprobs,

@@ -3,6 +3,8 @@ against hand values, token placement of reference log-probs, the prompt schedule
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from ray_align.algorithms.ppo_lag import check_config, dual_estimate, rollout_sampling
 from ray_align.algorithms.rollout import (
     Experience,
+    call_all,
     lagrangian_targets,
     latest_checkpoint,
     minibatches,
@@ -210,3 +213,29 @@ def test_rollout_sampling_is_on_policy_with_a_seed_per_step():
     config = _config("generation.temperature=0.7", "generation.top_p=0.9", "generation.seed=3")
     s = rollout_sampling(config, 5)
     assert (s.n, s.temperature, s.top_p, s.seed) == (1, 1.0, 1.0, 8)
+
+
+def test_call_all_issues_calls_together_and_keeps_their_order():
+    # Each call waits for the other at a barrier: only calls that are in flight together get through it.
+    barrier = threading.Barrier(3, timeout=10)
+
+    def meet(value):
+        barrier.wait()
+        return value
+
+    assert call_all([lambda: meet("actor"), lambda: meet("reference"), lambda: meet("critic")]) == [
+        "actor",
+        "reference",
+        "critic",
+    ]
+    order = []
+    assert call_all([lambda: order.append(1) or 1, lambda: order.append(2) or 2], concurrent=False) == [1, 2]
+    assert order == [1, 2]
+
+
+def test_call_all_raises_the_error_of_a_failed_call():
+    def fail():
+        raise RuntimeError("actor died")
+
+    with pytest.raises(RuntimeError, match="actor died"):
+        call_all([lambda: 1, fail])
