@@ -7,6 +7,7 @@ the old file or the new one, never half of one. Checkpoints are folders and use 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def _default(value: Any) -> Any:
@@ -51,6 +54,7 @@ class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.trained: list[str] = []  # stages trained (not reused) in this attempt, in order
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -58,34 +62,40 @@ class RunDir:
     def log_metrics(self, step: int, stage: str, metrics: Mapping[str, Any]) -> None:
         """Append one JSON line. A line is written whole (one write call) so a crash loses at most that line."""
         line = json.dumps({"step": step, "stage": stage, **metrics}, default=_default) + "\n"
-        with open(self.path("metrics.jsonl"), "a") as f:
+        path = self.path("metrics.jsonl")
+        if path.exists() and path.stat().st_size:  # a line a crash cut short must not swallow this one
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+        with open(path, "a") as f:
             f.write(line)
 
     def metrics(self, stage: str | None = None) -> list[dict[str, Any]]:
-        """The logged rows (of one stage). A last line cut short by a crash is skipped."""
+        """The logged rows (of one stage). A line a crash cut short is skipped (with a warning)."""
         path = self.path("metrics.jsonl")
         if not path.exists():
             return []
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
         rows = []
-        for i, line in enumerate(lines):
+        for i, line in enumerate(path.read_text().splitlines()):
+            if not line.strip():
+                continue
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                if i != len(lines) - 1:
-                    raise ValueError(f"{path}: line {i + 1} is not JSON; the file was edited or corrupted") from err
+            except json.JSONDecodeError:
+                logger.warning("%s: line %d is not JSON (cut short by a crash?); skipped", path, i + 1)
         return [r for r in rows if stage is None or r["stage"] == stage]
 
-    def drop_metrics(self, stage: str, from_step: int | None = None) -> None:
-        """Remove the rows of ``stage`` (all, or those with step ≥ ``from_step``), atomically: what an unfinished
-        attempt logged before the stage (or its steps from ``from_step`` on) runs again."""
+    def drop_metrics(self, *stages: str, from_step: int | None = None) -> None:
+        """Remove the rows of ``stages`` (all, or those with step ≥ ``from_step``), atomically: what an unfinished
+        attempt logged before those stages (or their steps from ``from_step`` on) run again."""
         path = self.path("metrics.jsonl")
         if not path.exists():
             return
         kept = [
             r
             for r in self.metrics()
-            if r["stage"] != stage or (from_step is not None and r["step"] < from_step)
+            if r["stage"] not in stages or (from_step is not None and r["step"] < from_step)
         ]
         atomic_write_text(path, "".join(json.dumps(r, default=_default) + "\n" for r in kept))
 
@@ -95,6 +105,10 @@ class RunDir:
     def checkpoint(self, name: str) -> Path:
         """Path of checkpoint ``name`` (a folder a trainer writes atomically)."""
         return self.path("checkpoints", name)
+
+    def forget_done(self, stage: str) -> None:
+        """Remove the record of ``stage`` (before it trains again, so a crash cannot pair it with new weights)."""
+        self.path("stages", f"{stage}.done").unlink(missing_ok=True)
 
     def done(self, stage: str) -> bool:
         """Whether a stage finished in an earlier attempt of this run (resume skips it)."""
@@ -111,6 +125,10 @@ class RunDir:
         folder = self.path("checkpoints")
         if not folder.is_dir():
             return
-        found = sorted(p for p in folder.iterdir() if p.name.startswith(prefix) and p.is_dir())
+        # (length, name): numbered names sort by number even past their zero padding
+        found = sorted(
+            (p for p in folder.iterdir() if p.name.startswith(prefix) and p.is_dir()),
+            key=lambda p: (len(p.name), p.name),
+        )
         for old in found[: max(0, len(found) - keep)]:
             shutil.rmtree(old, ignore_errors=True)

@@ -19,13 +19,16 @@ projected gradient descent on the dual, u = ∇D(λ_t).
 The DPO reference stays π_ref throughout (the KL in the objective is to π_ref); its log-probs are taken once,
 before the first step. The pairs are π_ref samples (or the dataset's pairs, can.pairs), as in MoCAN.
 
-Resume: with checkpoint.every = n, θ and the coordinator's state are saved after every n-th iteration
-(checkpoints/caid_iter_XXXX). A rerun with checkpoint.resume continues after the newest complete one; step 0 is
-recomputed (seeded, so the same samples and pairs), the optimizer's moments and the learning-rate schedule start
-fresh, as in PPO-Lagrangian.
+Resume: with checkpoint.every = n, θ, the config's fingerprint and the coordinator's state are saved after every
+n-th iteration and the last (checkpoints/caid_iter_XXXX). A rerun of the same job with checkpoint.resume continues
+after the newest complete one; step 0 is recomputed (seeded, so the same samples and pairs), the optimizer's
+moments and the learning-rate schedule start fresh, as in PPO-Lagrangian.
 """
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
@@ -41,15 +44,19 @@ from ray_align.algorithms.mocan import dataset_pairs_scored, sample_pairs
 from ray_align.algorithms.preference import labelled_pairs, pair_logps, steps_for, train_pairs
 from ray_align.algorithms.rollout import DUAL_FILE, latest_checkpoint
 from ray_align.algorithms.sample_score import dual_bounds
+from ray_align.algorithms.stages import config_fingerprint
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.dual.can import thresholds
 from ray_align.labels import mocan_labels
 from ray_align.losses.specs import DPOSpec
-from ray_align.run_dir import RunDir
+from ray_align.run_dir import RunDir, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("generator", "scorer", "trainer")
 ITER_PREFIX = "caid_iter_"
+FINGERPRINT_FILE = "config_fingerprint"
 
 
 def slack(utilities: np.ndarray, prompt_index: np.ndarray, tau: np.ndarray) -> np.ndarray:
@@ -64,7 +71,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     train, _ = load_dataset(config)
     tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
     bounds = dual_bounds(config, names)
-    resumed = latest_checkpoint(out, ITER_PREFIX) if config.checkpoint.resume else None
+    resumed = resume_point(config, out)
     start = resumed[0] if resumed else 0
     # 0. π_ref samples: the reference utilities, the warm start and the pairs (recomputed on resume: seeded)
     texts = prompt_texts(train, c.num_prompts)
@@ -90,8 +97,8 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         for row in out.metrics("caid")
         if row["step"] < start
     ]
-    for it in range(start, c.iterations):  # an unfinished attempt's rows of these iterations go
-        out.drop_metrics(f"caid_dpo_{it}")
+    # an unfinished attempt's rows of the iterations to run go
+    out.drop_metrics(*(f"caid_dpo_{it}" for it in range(start, c.iterations)))
     out.drop_metrics("caid", from_step=start)
     try:
         pad_id = tokenizer.pad_token_id
@@ -143,8 +150,8 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
             out.log_metrics(it, "caid", record)
             history.append(record)
             every = config.checkpoint.every
-            if every and (it + 1) % every == 0 and it + 1 < c.iterations:
-                save_iteration(out, it + 1, trainer, cluster.coordinator, config.checkpoint.keep)
+            if every and ((it + 1) % every == 0 or it + 1 == c.iterations):
+                save_iteration(config, out, it + 1, trainer, cluster.coordinator)
         checkpoint = trainer.save(str(out.checkpoint("caid")))
     finally:
         trainer.shutdown()
@@ -159,10 +166,24 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     return result
 
 
-def save_iteration(out: RunDir, done: int, trainer, coordinator, keep: int) -> None:
-    """checkpoints/caid_iter_{done}: θ after ``done`` iterations, then the coordinator's state (written last, so
-    a folder without it is incomplete and never resumed from); older ones beyond ``keep`` are deleted."""
+def resume_point(config: JobConfig, out: RunDir) -> tuple[int, Path] | None:
+    """(iterations done, folder) of the newest complete iteration checkpoint this config wrote, or None. Without
+    one, iteration checkpoints of other settings are deleted (the run starts over)."""
+    found = latest_checkpoint(out, ITER_PREFIX) if config.checkpoint.resume else None
+    if found and (found[1] / FINGERPRINT_FILE).read_text() == config_fingerprint(config):
+        return found
+    if found:
+        logger.info("iteration checkpoints in %s were written with other settings; starting over", out.root)
+    out.prune_checkpoints(ITER_PREFIX, keep=0)
+    return None
+
+
+def save_iteration(config: JobConfig, out: RunDir, done: int, trainer, coordinator) -> None:
+    """checkpoints/caid_iter_{done}: θ after ``done`` iterations, the config's fingerprint, then the coordinator's
+    state (written last, so a folder without it is incomplete and never resumed from); older ones beyond
+    checkpoint.keep are deleted."""
     path = out.checkpoint(f"{ITER_PREFIX}{done:04d}")
     trainer.save(str(path))
+    atomic_write_text(path / FINGERPRINT_FILE, config_fingerprint(config))
     coordinator.save(str(path / DUAL_FILE))
-    out.prune_checkpoints(ITER_PREFIX, keep)
+    out.prune_checkpoints(ITER_PREFIX, config.checkpoint.keep)

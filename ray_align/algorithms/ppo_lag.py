@@ -45,6 +45,7 @@ from ray_align.algorithms.rollout import (
     call_all,
     collect_experience,
     critic_dirs,
+    in_turn,
     lagrangian_targets,
     latest_checkpoint,
     mean_stats,
@@ -75,6 +76,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     start, checkpoint = (resumed[0], str(resumed[1])) if resumed else (0, None)
     if resumed:
         cluster.coordinator.restore(str(resumed[1] / DUAL_FILE))
+    out.drop_metrics(STAGE, from_step=start + 1)  # steps an interrupted attempt ran past its last checkpoint
     metrics: dict = {}
     if start < p.steps:
         actor, critics = start_models(config, cluster, checkpoint, p.steps - start)
@@ -127,7 +129,7 @@ def rl_step(
         samples.write(out.path("tables", "rollouts", f"step_{k:06d}.parquet"), [texts[i] for i in idx], names)
     # 3. log π_old, log π_ref, V_r, V_c (issued together: they run on different actors)
     scored = time.perf_counter()
-    exp = collect_experience(cluster, actor, critics, samples, pad_id)
+    exp = collect_experience(cluster, actor, critics, samples, pad_id, concurrent=p.concurrent_calls)
     rollout_seconds = time.perf_counter() - began
     experience_seconds = time.perf_counter() - scored
     # 4. λ from this rollout's per-episode costs; held constant below
@@ -144,7 +146,9 @@ def rl_step(
         whiten=p.whiten_advantages,
     )
     # 6. PPO epochs: actor PPO-clip, critics clipped value loss
-    train_stats = ppo_epochs(config, actor, critics, exp, targets, names, seed=config.seed + k)
+    train_stats = ppo_epochs(
+        config, actor, critics, exp, targets, names, seed=config.seed + k, concurrent=p.concurrent_calls
+    )
     # 7. weight sync actor → generators (the state dict gather is part of the cost)
     synced = time.perf_counter()
     sync = cluster.generator.update_weights(actor.state_dict())
@@ -238,19 +242,18 @@ def ppo_epochs(
     seed: int,
     concurrent: bool = True,
 ) -> dict[str, float]:
-    """ppo.ppo_epochs shuffled passes over the rollout; per minibatch one actor step and one step per critic,
-    issued together (they train different actors; ``concurrent=False`` runs them in turn)."""
+    """ppo.ppo_epochs shuffled passes over the rollout; per minibatch one actor step and one step per critic.
+    The actor's step and the critics' (in turn, as they share bundles) are issued together unless
+    ``concurrent`` is False (ppo.concurrent_calls)."""
     actor_spec = PPOSpec(clip_eps=config.ppo.clip_eps, ptx_coef=config.ppo.ptx_coef)
     value_spec = ValueSpec(clip=config.ppo.value_clip)
     critic_keys = ["reward_critic", *(f"cost_critic_{n}" for n in names)]
     stats = []
     for idx in batches(len(exp), config.training.batch_size, config.ppo.ppo_epochs, seed):
         actor_batch, critic_batches = minibatches(exp, targets, idx)
-        a, *c = call_all(
-            [
-                partial(actor.train_step, actor_batch, actor_spec),
-                *(partial(critic.train_step, b, value_spec) for critic, b in zip(critics, critic_batches, strict=True)),
-            ],
+        critic_steps = [partial(c.train_step, b, value_spec) for c, b in zip(critics, critic_batches, strict=True)]
+        a, c = call_all(
+            [partial(actor.train_step, actor_batch, actor_spec), in_turn(critic_steps)],  # critics share bundles
             concurrent,
         )
         row = {"actor_loss": a["loss"], "actor_grad_norm": a["grad_norm"], "actor_lr": a["lr"]}

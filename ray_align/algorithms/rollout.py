@@ -93,6 +93,11 @@ def call_all(calls: Sequence[Callable[[], Any]], concurrent: bool = True) -> lis
         return [f.result() for f in futures]
 
 
+def in_turn(calls: Sequence[Callable[[], Any]]) -> Callable[[], list[Any]]:
+    """One call that makes ``calls`` one after another (a lane of :func:`call_all`)."""
+    return lambda: [call() for call in calls]
+
+
 def collect_experience(
     cluster: Cluster,
     actor: PolicyTrainer,
@@ -104,17 +109,18 @@ def collect_experience(
     """Old log-probs (the actor), reference log-probs (cluster.reference) and values (critics[0] for the reward,
     critics[1 + j] for constraint j) of the sampled responses.
 
-    The 2 + m forwards run on different actors, so by default they are issued together (:func:`call_all`);
-    ``concurrent=False`` runs them one after another (benchmarks compare both).
+    The actor, the reference and the critics are different actors, so by default their forwards are issued
+    together (:func:`call_all`; the 1 + m critics one after another, as they share bundles); ``concurrent=False``
+    runs everything in turn (ppo.concurrent_calls).
     """
     r = samples.rollouts
     batch = collate([join_example(p, y) for p, y in zip(r.prompt_ids, r.response_ids)], pad_id)
     width = batch["response_mask"].shape[1]
-    ref, logprobs, *values = call_all(
+    ref, logprobs, values = call_all(
         [
             partial(cluster.reference.response_logprobs, r.prompt_ids, r.response_ids),
             partial(actor.logprobs, batch),
-            *(partial(c.values, batch) for c in critics),
+            in_turn([partial(c.values, batch) for c in critics]),  # the critic groups share their bundles
         ],
         concurrent,
     )

@@ -187,6 +187,10 @@ class PPOConfig(Section):
     # over the rollout (a shift and a scale: the policy's fixed point is unchanged).
     whiten_advantages: bool = False
     save_rollouts: bool = True  # each step's scored rollouts to tables/rollouts/step_*.parquet
+    # Actor, reference and critics (the critics one after another: they share their bundles) are called together
+    # in the experience and training passes. False calls each in turn: for placements where roles share a GPU
+    # and the extra activations of simultaneous calls do not fit.
+    concurrent_calls: bool = True
 
 
 class DPOConfig(Section):

@@ -83,6 +83,8 @@ def encode_response(
     """
     ids = list(tokenizer(format_response(response, template), add_special_tokens=False)["input_ids"])
     if not append_eos:
+        if not ids:
+            raise ValueError("an empty response has no tokens to train without EOS; drop it or keep data.response_eos")
         return ids
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token; responses must end with EOS (or set data.response_eos=false)")

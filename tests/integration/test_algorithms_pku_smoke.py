@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -195,12 +196,14 @@ def test_sacpo_rerun_resumes_after_the_finished_step(ray_session, pku_dir, tmp_p
     is rerun into the same folder: step 1 is taken from disk, step 2 trains again and logs one attempt."""
     _, first, out = run(pku_dir, tmp_path, "sacpo", *PREFERENCE)
     step1_weights = causal_lm_state(first["checkpoints"]["step1"])
+    step1_written = Path(first["checkpoints"]["step1"], "model.safetensors").stat().st_mtime_ns
     out.path("stages", "sacpo_2_safety.done").unlink()
     shutil.rmtree(first["checkpoints"]["step2"])
     _, again, out = run(pku_dir, tmp_path, "sacpo", *PREFERENCE)
     assert again["step1"]["resumed"] is True and "resumed" not in again["step2"]
     assert len(out.metrics("sacpo_1_helpfulness")) == 3 and len(out.metrics("sacpo_2_safety")) == 3
     assert not changed(step1_weights, causal_lm_state(again["checkpoints"]["step1"]))
+    assert Path(again["checkpoints"]["step1"], "model.safetensors").stat().st_mtime_ns == step1_written
     # the same settings with resume off train both steps again
     _, fresh, _ = run(pku_dir, tmp_path, "sacpo", *PREFERENCE, "checkpoint.resume=false")
     assert "resumed" not in fresh["step1"]

@@ -68,21 +68,33 @@ def test_caid_lambda_history_is_reproducible(caid_runs):
 
 
 def test_caid_resumes_after_its_last_complete_iteration(ray_session, reference, caid_runs, tmp_path):
-    """A copy of a finished run loses its final checkpoint (the crash came during the last iteration, after
-    its metric rows): the rerun restores θ and λ from caid_iter_0002 and trains iteration 2 only."""
+    """A copy of a finished run loses what the last iteration wrote after its metric rows (its iteration and
+    final checkpoints): the rerun restores θ and λ from caid_iter_0002 and trains iteration 2 only."""
     out = tmp_path / "caid"
     shutil.copytree(caid_runs[0], out)
-    shutil.rmtree(out / "checkpoints" / "caid")
+    for name in ("caid", "caid_iter_0003"):
+        shutil.rmtree(out / "checkpoints" / name)
     before = _caid_history(out)
-    dpo_rows = len(RunDir(out).metrics("caid_dpo_2"))
+    dpo_before = RunDir(out).metrics("caid_dpo_2")
     result = run_job(job_config(reference, out, "caid", *CAID))
     assert result["resumed_from_iteration"] == 2
     after = _caid_history(out)
     assert len(after) == 3 and after[:2] == before[:2]
-    assert after[2][0] == before[2][0]  # iteration 2 trained at the restored λ_2
-    assert len(RunDir(out).metrics("caid_dpo_2")) == dpo_rows  # one attempt's rows
+    assert after[2][0] == before[2][0]  # iteration 2 trained at the restored λ_2 ...
+    dpo_after = RunDir(out).metrics("caid_dpo_2")
+    assert len(dpo_after) == len(dpo_before)  # (one attempt's rows)
+    # ... from the restored θ_2: same weights, labels and batch, so the same loss before the first update
+    assert dpo_after[0]["loss"] == pytest.approx(dpo_before[0]["loss"], rel=1e-6)
     assert [it["iteration"] for it in result["iterations"]] == [0, 1, 2]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0001", "caid_iter_0002"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0002", "caid_iter_0003"]
+
+
+def test_caid_with_other_settings_starts_over(ray_session, reference, caid_runs, tmp_path):
+    out = tmp_path / "caid"
+    shutil.copytree(caid_runs[0], out)
+    result = run_job(job_config(reference, out, "caid", *CAID, "caid.iterations=1"))
+    assert result["resumed_from_iteration"] == 0 and len(result["iterations"]) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0001"]
 
 
 def test_ppo_lag_lambda_history_is_reproducible(ray_session, reference, tmp_path):

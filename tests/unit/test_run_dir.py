@@ -46,3 +46,32 @@ def test_stages_and_pruning(tmp_path):
         run.checkpoint(f"step_{step:06d}").mkdir(parents=True)
     run.prune_checkpoints("step_", keep=2)
     assert sorted(p.name for p in run.path("checkpoints").iterdir()) == ["step_000002", "step_000003"]
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped_and_not_joined_to_the_next(tmp_path):
+    out = RunDir(tmp_path)
+    out.log_metrics(1, "ppo_lag", {"kl": 0.0})
+    with open(out.path("metrics.jsonl"), "a") as f:
+        f.write('{"step": 2, "stage": "ppo')
+    assert [r["step"] for r in out.metrics()] == [1]
+    out.log_metrics(2, "ppo_lag", {"kl": 0.1})
+    out.log_metrics(3, "ppo_lag", {"kl": 0.2})
+    assert [r["step"] for r in out.metrics()] == [1, 2, 3]
+
+
+def test_drop_metrics_of_several_stages_or_from_a_step(tmp_path):
+    out = RunDir(tmp_path)
+    for step in range(3):
+        out.log_metrics(step, "caid", {})
+        out.log_metrics(step, f"caid_dpo_{step}", {})
+    out.drop_metrics("caid_dpo_1", "caid_dpo_2")
+    out.drop_metrics("caid", from_step=2)
+    assert [(r["stage"], r["step"]) for r in out.metrics()] == [("caid", 0), ("caid_dpo_0", 0), ("caid", 1)]
+
+
+def test_pruning_orders_numbered_checkpoints_by_number(tmp_path):
+    out = RunDir(tmp_path)
+    for name in ("caid_iter_9999", "caid_iter_10000", "caid_iter_10001"):
+        out.checkpoint(name).mkdir(parents=True)
+    out.prune_checkpoints("caid_iter_", keep=2)
+    assert sorted(p.name for p in out.path("checkpoints").iterdir()) == ["caid_iter_10000", "caid_iter_10001"]
