@@ -55,6 +55,7 @@ class RunDir:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.trained: list[str] = []  # stages trained (not reused) in this attempt, in order
+        self._end_cut_line()
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -62,14 +63,19 @@ class RunDir:
     def log_metrics(self, step: int, stage: str, metrics: Mapping[str, Any]) -> None:
         """Append one JSON line. A line is written whole (one write call) so a crash loses at most that line."""
         line = json.dumps({"step": step, "stage": stage, **metrics}, default=_default) + "\n"
-        path = self.path("metrics.jsonl")
-        if path.exists() and path.stat().st_size:  # a line a crash cut short must not swallow this one
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = "\n" + line
-        with open(path, "a") as f:
+        with open(self.path("metrics.jsonl"), "a") as f:
             f.write(line)
+
+    def _end_cut_line(self) -> None:
+        """End a metrics line an earlier attempt's crash cut short, so the next row starts on its own line (only
+        a crash leaves one, so once per attempt is enough)."""
+        path = self.path("metrics.jsonl")
+        if not path.exists() or not path.stat().st_size:
+            return
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
     def metrics(self, stage: str | None = None) -> list[dict[str, Any]]:
         """The logged rows (of one stage). A line a crash cut short is skipped (with a warning)."""

@@ -251,13 +251,16 @@ def ppo_epochs(
     stats = []
     for idx in batches(len(exp), config.training.batch_size, config.ppo.ppo_epochs, seed):
         actor_batch, critic_batches = minibatches(exp, targets, idx)
-        critic_steps = [partial(c.train_step, b, value_spec) for c, b in zip(critics, critic_batches, strict=True)]
-        a, c = call_all(
+        critic_steps = [
+            partial(critic.train_step, batch, value_spec)
+            for critic, batch in zip(critics, critic_batches, strict=True)
+        ]
+        a, critic_stats = call_all(
             [partial(actor.train_step, actor_batch, actor_spec), in_turn(critic_steps)],  # critics share bundles
             concurrent,
         )
         row = {"actor_loss": a["loss"], "actor_grad_norm": a["grad_norm"], "actor_lr": a["lr"]}
         row |= {key: a[key] for key in ("clip_frac", "approx_kl", "ratio")}
-        row |= {f"{key}_loss": stats["loss"] for key, stats in zip(critic_keys, c, strict=True)}
+        row |= {f"{key}_loss": c["loss"] for key, c in zip(critic_keys, critic_stats, strict=True)}
         stats.append(row)
     return mean_stats(stats)

@@ -54,6 +54,7 @@ def test_a_line_cut_short_by_a_crash_is_skipped_and_not_joined_to_the_next(tmp_p
     with open(out.path("metrics.jsonl"), "a") as f:
         f.write('{"step": 2, "stage": "ppo')
     assert [r["step"] for r in out.metrics()] == [1]
+    out = RunDir(tmp_path)  # the next attempt
     out.log_metrics(2, "ppo_lag", {"kl": 0.1})
     out.log_metrics(3, "ppo_lag", {"kl": 0.2})
     assert [r["step"] for r in out.metrics()] == [1, 2, 3]
