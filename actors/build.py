@@ -26,12 +26,11 @@ from actors.trainer_group import TrainerGroup
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.models.resolve import ResolvedModels
-from ray_align.placement import PlacementPlan, ResourcesFile, RoleResources, load_resources, plan_placement
+from ray_align.placement import PlacementPlan, ResourcesFile, plan_placement, resources_for
+
+__all__ = ["ClusterBuilder", "JointScorer", "Sync", "build_cluster", "resources_for"]
 
 logger = logging.getLogger(__name__)
-
-# Without a resources file: one of each role the algorithm needs, one logical CPU each.
-_DEFAULT_ROLE = {"coordinator": RoleResources(count=1, cpus=0.1)}
 
 
 class Sync:
@@ -66,31 +65,19 @@ class JointScorer:
     parts: list[tuple[ScorerPool, list[int], list[float]]]
     width: int
 
+    def __post_init__(self) -> None:
+        covered = sorted(c for _, columns, _ in self.parts for c in columns)
+        if covered != list(range(self.width)):
+            # Never hand back a column nobody wrote (the preflight refuses such jobs; this guards the builder).
+            missing = sorted(set(range(self.width)) - set(covered))
+            raise ValueError(f"no scorer for score column(s) {missing} (0 = reward, j = constraint j)")
+
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        out = np.empty((len(prompt_ids), self.width))
+        out = np.full((len(prompt_ids), self.width), np.nan)
         for pool, columns, signs in self.parts:
             scores = pool.score(prompt_ids, response_ids).reshape(len(prompt_ids), -1)
             out[:, columns] = scores * np.asarray(signs)
         return out
-
-
-def resources_for(config: JobConfig, roles: Sequence[str]) -> ResourcesFile:
-    """The resources file of the job (or one bundle per needed role), restricted to the roles used."""
-    p = config.placement
-    if p.file:
-        full = load_resources(p.file, trainer_ranks=p.trainer_ranks, engines=p.engines, strategy=p.strategy)
-    else:
-        counts = {"trainer": p.trainer_ranks or 1, "generator": p.engines or 1}
-        full = ResourcesFile(
-            strategy=p.strategy or "PACK",
-            roles={
-                r: _DEFAULT_ROLE.get(r, RoleResources(count=counts.get(r, 1), cpus=1.0))
-                for r in (*roles, "coordinator")
-            },
-        )
-    used = {r: full.role(r) for r in (*roles, "coordinator") if full.role(r).count > 0}
-    groups = [g for g in ([r for r in g if r in used] for g in full.colocate) if len(g) > 1]
-    return ResourcesFile(strategy=full.strategy, roles=used, colocate=groups)
 
 
 @dataclass
@@ -138,21 +125,7 @@ class ClusterBuilder:
         ray.get(done)  # re-raises a constructor error with its traceback
 
     def coordinator(self) -> Sync:
-        d = self.config.dual
-        by_name = {c.name: c for c in d.constraints}
-        spec = DualRuleSpec(
-            names=tuple(self.models.constraint_names),
-            rule=d.rule,
-            lam_init=d.lam_init,
-            lam_max=d.lam_max,
-            lr=d.lr,
-            thresholds=tuple(
-                (by_name[n].threshold or 0.0) if n in by_name else 0.0 for n in self.models.constraint_names
-            ),
-            window=d.window,
-            delay_steps=d.delay_steps,
-            pid=d.pid.model_dump(),
-        )
+        spec = DualRuleSpec.from_config(self.config.dual, self.models.constraint_names)
         return Sync(self._actor(DualCoordinator, "coordinator", 0, spec))
 
     def generator(self) -> GeneratorPool:
@@ -273,10 +246,14 @@ class ClusterBuilder:
 
 
 def build_cluster(
-    config: JobConfig, models: ResolvedModels, roles: Sequence[str]
+    config: JobConfig, models: ResolvedModels, roles: Sequence[str], resources: ResourcesFile | None = None
 ) -> tuple[Cluster, ClusterBuilder]:
-    """Start the roles in ``roles`` (and the coordinator). Returns the algorithm's view and the builder."""
-    builder = ClusterBuilder(config, models, plan_placement(resources_for(config, roles)))
+    """Start the roles in ``roles`` (and the coordinator). Returns the algorithm's view and the builder.
+
+    ``resources``: the placement to use instead of the job's (the evaluation phase fills in roles a job's
+    resources file may lack)."""
+    resources = resources or resources_for(config, roles)
+    builder = ClusterBuilder(config, models, plan_placement(resources))
     builder.start()
     cluster = Cluster(
         coordinator=builder.coordinator(),

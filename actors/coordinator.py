@@ -9,16 +9,23 @@ trajectory. A plain class: the driver turns it into a Ray actor (actors/remote.p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ray_align.dual import rules
-from ray_align.dual.can import DualSolution, ScoredTable, solve_dual
+from ray_align.dual.can import DualSolution, ScoredTable, cap_solution, solve_dual
+
+if TYPE_CHECKING:
+    from ray_align.config.schema import DualConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,24 @@ class DualRuleSpec:
     thresholds: tuple[float, ...] = ()  # cost form (safe_rlhf, pid); one per constraint, default 0
     window: int = 128
     delay_steps: int = 0
-    pid: dict[str, float] = field(default_factory=dict)
+    pid: dict[str, float] = field(default_factory=dict)  # the gains set; an absent ki is lr (dual ascent)
+
+    @classmethod
+    def from_config(cls, dual: DualConfig, names: Sequence[str]) -> DualRuleSpec:
+        """The spec of the job's ``dual`` section for constraints ``names`` (the scorers' order). A constraint
+        without a threshold (margin form) gets d = 0: only the cost-form rules read thresholds."""
+        by_name = {c.name: c for c in dual.constraints}
+        return cls(
+            names=tuple(names),
+            rule=dual.rule,
+            lam_init=dual.lam_init,
+            lam_max=dual.lam_max,
+            lr=dual.lr,
+            thresholds=tuple((by_name[n].threshold or 0.0) if n in by_name else 0.0 for n in names),
+            window=dual.window,
+            delay_steps=dual.delay_steps,
+            pid=dual.pid.model_dump(exclude_none=True),  # an unset ki falls back to lr in build()
+        )
 
     def build(self) -> rules.DualRule:
         d = np.asarray(self.thresholds or [0.0] * len(self.names), dtype=np.float64)
@@ -89,13 +113,41 @@ class DualCoordinator:
         return lam
 
     def solve(
-        self, table: ScoredTable, beta: float, *, margin=None, threshold=None, **kwargs
+        self, table: ScoredTable, beta: float, *, margin=None, threshold=None, strict: bool = True, **kwargs
     ) -> DualSolution:
-        """CAN: λ* from a scored reference sample. λ becomes λ* (the warm start of CAID, the target of MoCAN)."""
+        """CAN: λ* from a scored reference sample. λ becomes min(λ*, dual.lam_max) (the warm start of CAID, the
+        target of MoCAN); the returned solution is the one at that λ, and a cap is logged as a warning.
+
+        A solve that did not converge raises when ``strict`` (one-shot methods train once at this λ); with
+        ``strict=False`` (CAID's warm start, which its dual iterations correct) it warns and keeps the iterate.
+        """
         result = solve_dual(table, beta, margin=margin, threshold=threshold, **kwargs)
         if not result.feasible:
             raise ValueError(result.message)
-        self.set_lam(result.lam, event="solve", dual_value=result.dual_value, iterations=result.iterations)
+        if not result.converged:
+            problem = (
+                f"the CAN dual solve did not converge ({result.message}, KKT residual {result.kkt_residual:.3g} "
+                f"after {result.iterations} iterations), so λ = {result.lam.tolist()} is not λ*"
+            )
+            if strict:
+                raise ValueError(
+                    f"{problem}; sample more prompts or responses (can.num_prompts, can.samples_per_prompt) or "
+                    "inspect the scored table with `ray-align dual`"
+                )
+            logger.warning("%s; continuing from it", problem)
+        lam_star = result.lam
+        result = cap_solution(result, table, beta, self.spec.lam_max)
+        capped = [n for n, a, b in zip(self.spec.names, lam_star, result.lam) if a > b]
+        info = {"dual_value": result.dual_value, "iterations": result.iterations}
+        info["converged"] = bool(result.converged)
+        if capped:
+            logger.warning(
+                "λ* %s exceeds dual.lam_max = %g for %s: λ is capped there, so the prediction falls short of the "
+                "constraint; raise dual.lam_max to use λ*",
+                lam_star.tolist(), self.spec.lam_max, capped,
+            )  # fmt: skip
+            info["lam_star"] = lam_star
+        self.set_lam(result.lam, event="solve", **info)
         return result
 
     def set_lam(self, lam: np.ndarray, event: str = "set", **info: Any) -> None:

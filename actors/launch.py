@@ -13,10 +13,11 @@ import socket
 import time
 from urllib.parse import urlparse
 
+from actors.failures import describe_actor_death
 from ray_align.algorithms import algorithm_module
 from ray_align.config import JobConfig, dump_config
 from ray_align.models.resolve import resolve_models
-from ray_align.run_dir import RunDir, atomic_write_text
+from ray_align.run_dir import start_run_folder
 
 logger = logging.getLogger("ray_align")
 
@@ -53,50 +54,82 @@ def connect(config: JobConfig, logical_cpus: float) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=config.logging.verbose)
         return
     # Logical CPUs: at least what the bundles ask for; roles mostly wait on each other on one machine.
     cpus = config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(logical_cpus))
     # address="local": a private instance even when another one runs on this machine (ray.address=auto joins it).
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=config.logging.verbose,  # the actors' start-up noise (vLLM, DeepSpeed) only when asked
+        logging_level=logging.INFO if config.logging.verbose else logging.WARNING,
+    )
 
 
-def run_job(config: JobConfig) -> dict:
-    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def setup_console(config: JobConfig) -> None:
+    """One short line per event: time and message (level names only for warnings and errors); third-party
+    loggers at WARNING unless logging.verbose."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ConsoleFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=config.logging.level, handlers=[handler], force=True)
+    if not config.logging.verbose:
+        for name in ("ray", "vllm", "deepspeed", "transformers", "datasets", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return text.replace(record.getMessage(), f"{record.levelname}: {record.getMessage()}", 1)
+        return text
+
+
+def run_job(config: JobConfig, *, overwrite: bool = False, preflight: bool = True) -> dict:
+    """Run the job. ``preflight=False`` when the caller already ran ray_align.preflight on ``config``;
+    ``overwrite`` clears an output_dir that holds a run of another configuration (else it is refused)."""
+    setup_console(config)
+    if preflight:
+        from ray_align.preflight import preflight as check
+
+        for warning in check(config, mode="run", overwrite=overwrite):
+            logger.warning(warning)
     from actors.build import build_cluster, resources_for
     from ray_align.placement import plan_placement
 
-    out = RunDir(config.output_dir)
-    atomic_write_text(out.path("config.yaml"), dump_config(config))
+    out = start_run_folder(config.output_dir, dump_config(config), overwrite=overwrite)  # after the preflight
     module = algorithm_module(config.algorithm)
     models = resolve_models(config.models, seed=config.seed)
     plan = plan_placement(resources_for(config, module.ROLES))
     connect(config, sum(b.get("CPU", 0.0) for b in plan.bundles))
 
     start = time.perf_counter()
-    cluster, builder = build_cluster(config, models, module.ROLES)
+    builder = None
     try:
-        logger.info("roles started in %.1f s; running %s", time.perf_counter() - start, config.algorithm)
+        cluster, builder = build_cluster(config, models, module.ROLES)
+        phases = {"start roles": time.perf_counter() - start}
+        logger.info("roles started in %.1f s; running %s", phases["start roles"], config.algorithm)
         result = module.run(config, cluster, out)
+        phases[config.algorithm] = time.perf_counter() - start - phases["start roles"]
         result["seconds"] = time.perf_counter() - start
         out.write_result(result)
         cluster.coordinator.save(str(out.path("dual.json")))
     except Exception as e:
-        if type(e).__name__ in {"RayActorError", "ActorDiedError", "ActorUnavailableError"}:
-            raise LaunchError(
-                f"an actor died during the run ({e}). Outputs and checkpoints written so far are kept in "
-                f"{out.root}; rerun the same command to resume."
-            ) from e
-        raise
+        death = describe_actor_death(e)
+        if death is None:
+            raise
+        logger.debug("the run stopped because an actor died", exc_info=True)
+        raise LaunchError(
+            f"{death}. What the run finished is kept in {out.root}; rerun the same command to resume "
+            "(logging.level=DEBUG shows the traceback)."
+        ) from None
     finally:
-        builder.shutdown()
-    print(_summary(config, result, out))
+        if builder is not None:
+            builder.shutdown()
+    from actors.finish import finish_run
+
+    finish_run(config, models, result, out, phases)
     return result
-
-
-def _summary(config: JobConfig, result: dict, out: RunDir) -> str:
-    lines = [f"ray-align {config.algorithm}: done in {result['seconds']:.1f} s; outputs in {out.root}"]
-    for key in ("table", "lambda", "predicted", "checkpoint"):
-        if key in result:
-            lines.append(f"  {key}: {result[key]}")
-    return "\n".join(lines)

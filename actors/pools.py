@@ -48,13 +48,16 @@ class GeneratorPool:
 
         return ray.get([h.ready.remote() for h in self.handles])
 
-    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], sampling: Sampling) -> Rollouts:
-        """Shard j gets prompts[start_j:stop_j]; ``first_index=start_j`` keeps each prompt's seed global."""
+    def generate(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], sampling: Sampling, first_index: int = 0
+    ) -> Rollouts:
+        """Shard j gets prompts[start_j:stop_j]; ``first_index + start_j`` keeps each prompt's seed global (a
+        caller that sends a long prompt list in chunks passes each chunk's offset)."""
         import ray
 
         bounds = shard_bounds(len(prompts), len(self.handles))
         futures = [
-            h.generate.remote(list(prompts[start:stop]), sampling, first_index=start)
+            h.generate.remote(list(prompts[start:stop]), sampling, first_index=first_index + start)
             for h, (start, stop) in zip(self.handles, bounds)
         ]
         return Rollouts.concat(ray.get(futures), [start for start, _ in bounds])

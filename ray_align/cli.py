@@ -1,7 +1,9 @@
 """The `ray-align` command: check a job file, run a job, solve the dual, build the tiny models.
 
 Heavy imports (torch, Ray, vLLM, DeepSpeed) happen inside the subcommands that need them, so `ray-align check`
-answers in well under a second.
+answers in about a second. A mistake in the user's input (ray_align.errors.UserError and the config, data and
+dual-table errors) exits 2 with one `error:` message and no traceback; anything else is a bug and keeps its
+traceback (exit 1). docs/errors.md lists the checks.
 """
 
 from __future__ import annotations
@@ -13,40 +15,54 @@ from collections.abc import Sequence
 from ray_align import __version__
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    from ray_align.config import ConfigError, dump_config, load_config
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
-    try:
-        config = load_config(args.job, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ray_align.config import dump_config, load_config
+    from ray_align.preflight import preflight
+
+    config = load_config(args.job, args.overrides)
+    warnings = preflight(config, mode="check")
     print(dump_config(config), end="")
+    _warn(warnings)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ray_align.config import ConfigError, load_config
+    from ray_align.config import load_config
+    from ray_align.preflight import preflight
 
-    try:
-        config = load_config(args.job, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = load_config(args.job, args.overrides)
+    _warn(preflight(config, mode="run", overwrite=args.overwrite))  # before any heavy import or Ray
     from actors.launch import LaunchError, run_job  # the driver is the only place that wires actors in
 
     try:
-        run_job(config)
+        run_job(config, overwrite=args.overwrite, preflight=False)
     except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # one paragraph; logging.level=DEBUG logs the traceback
         return 1
     return 0
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ray_align.errors import UserError
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"tiny-models: {out} is a file; give a folder to build the models in")
+    if args.seed < 0:
+        raise UserError(f"tiny-models: --seed must be 0 or more, got {args.seed}")
     from ray_align.models.tiny import TinySpec, build_tiny_models
 
-    models = build_tiny_models(args.out, TinySpec(seed=args.seed))
+    try:
+        models = build_tiny_models(out, TinySpec(seed=args.seed))
+    except PermissionError as e:
+        raise UserError(f"tiny-models: cannot write in {e.filename or out}: permission denied") from None
     for role in ("policy", "reward", "cost", "critic"):
         print(f"{role}: {getattr(models, role)}")
     return 0
@@ -70,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job (the built-in quickstart when no file is given)")
     run.add_argument("job", nargs="?", default=None, help="job YAML file (default: the built-in quickstart)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. dual.lr=0.05")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="clear output_dir first when it holds a run of another configuration (default: refuse)",
+    )
     run.set_defaults(func=_cmd_run)
 
     tiny = sub.add_parser(
@@ -95,7 +116,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `ray-align run dual.lr=0.1` means the built-in job with an override, not a file named "dual.lr=0.1".
         args.overrides = [args.job, *args.overrides]
         args.job = None
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise  # a bug: its traceback, exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# Exceptions that describe the user's input, by module: looked up in sys.modules so that main() imports none
+# of them (a raised one's module is necessarily loaded).
+_USER_ERRORS = (
+    ("ray_align.errors", "UserError"),
+    ("ray_align.config.load", "ConfigError"),
+    ("ray_align.data.errors", "DataError"),
+    ("ray_align.dual.table", "DualInputError"),
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in _USER_ERRORS)
+    return tuple(t for t in found if isinstance(t, type))
 
 
 if __name__ == "__main__":

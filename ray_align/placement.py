@@ -11,12 +11,16 @@ fraction of it, which is how Ray lets two actors share one GPU. CPUs add up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from ray_align.config.schema import JobConfig
 
 ROLES = ("trainer", "generator", "scorer", "reference", "critic", "coordinator")
 
@@ -128,3 +132,26 @@ def load_resources(
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ValueError(f"{path}: invalid resources file: {problems}") from None
+
+
+# Without a resources file: one of each role the algorithm needs, one logical CPU each.
+_DEFAULT_ROLE = {"coordinator": RoleResources(count=1, cpus=0.1)}
+
+
+def resources_for(config: JobConfig, roles: Sequence[str]) -> ResourcesFile:
+    """The resources file of the job (or one bundle per needed role), restricted to the roles used."""
+    p = config.placement
+    if p.file:
+        full = load_resources(p.file, trainer_ranks=p.trainer_ranks, engines=p.engines, strategy=p.strategy)
+    else:
+        counts = {"trainer": p.trainer_ranks or 1, "generator": p.engines or 1}
+        full = ResourcesFile(
+            strategy=p.strategy or "PACK",
+            roles={
+                r: _DEFAULT_ROLE.get(r, RoleResources(count=counts.get(r, 1), cpus=1.0))
+                for r in (*roles, "coordinator")
+            },
+        )
+    used = {r: full.role(r) for r in (*roles, "coordinator") if full.role(r).count > 0}
+    groups = [g for g in ([r for r in g if r in used] for g in full.colocate) if len(g) > 1]
+    return ResourcesFile(strategy=full.strategy, roles=used, colocate=groups)

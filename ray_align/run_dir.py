@@ -2,6 +2,10 @@
 
 Atomic = written to a temporary file in the same folder, then renamed over the target, so a crash leaves either
 the old file or the new one, never half of one. Checkpoints are folders and use the same rule with a rename.
+Every file gets the permissions of any file the process creates (0666 less the umask), atomic or appended.
+
+A run folder belongs to one configuration (its ``config.yaml``); ``start_run_folder`` claims one for a run once
+the preflight (ray_align.preflight) has accepted it, and only then is anything written.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,24 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+CONFIG_FILE = "config.yaml"
+
+
+def _new_file(folder: Path, prefix: str) -> tuple[int, Path]:
+    """Create an empty file with a fresh name. Mode 0o666 lets the umask decide, as for ``open(path, "w")``
+    (``tempfile.mkstemp`` would leave it 0600, unlike every other output of the run)."""
+    while True:
+        tmp = folder / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -46,6 +64,37 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=_default) + "\n")
+
+
+def is_run_folder(root: str | Path) -> bool:
+    return (Path(root) / CONFIG_FILE).is_file()
+
+
+def clear_run_folder(root: str | Path) -> None:
+    """Remove what a run folder holds (the folder itself stays). A non-empty folder that is not a run folder is
+    refused: it may hold anything."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    if any(root.iterdir()) and not is_run_folder(root):
+        raise ValueError(f"{root} holds no {CONFIG_FILE}; not clearing a folder that is not a run folder")
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def start_run_folder(root: str | Path, config_text: str, *, overwrite: bool = False) -> RunDir:
+    """Claim ``root`` for a run: cleared first with ``overwrite``, then the resolved config is written.
+
+    Call after the preflight accepted the job (it refuses a folder that holds another configuration's run).
+    """
+    if overwrite:
+        clear_run_folder(root)
+    out = RunDir(root)
+    atomic_write_text(out.path(CONFIG_FILE), config_text)
+    return out
 
 
 class RunDir:

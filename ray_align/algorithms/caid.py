@@ -42,7 +42,8 @@ from ray_align.algorithms.common import (
 )
 from ray_align.algorithms.mocan import dataset_pairs_scored, sample_pairs
 from ray_align.algorithms.preference import labelled_pairs, pair_logps, steps_for, train_pairs
-from ray_align.algorithms.rollout import DUAL_FILE, latest_checkpoint
+from ray_align.algorithms.rollout import DUAL_FILE, FINGERPRINT_FILE
+from ray_align.algorithms.rollout import resume_point as resume_from
 from ray_align.algorithms.sample_score import dual_bounds
 from ray_align.algorithms.stages import config_fingerprint
 from ray_align.cluster import Cluster
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("generator", "scorer", "trainer")
 ITER_PREFIX = "caid_iter_"
-FINGERPRINT_FILE = "config_fingerprint"
 
 
 def slack(utilities: np.ndarray, prompt_index: np.ndarray, tau: np.ndarray) -> np.ndarray:
@@ -81,8 +81,8 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     tau = thresholds(table, margin=bounds["margin"], threshold=bounds["threshold"])
     if resumed:
         cluster.coordinator.restore(str(resumed[1] / DUAL_FILE))
-    elif c.warm_start:
-        cluster.coordinator.solve(table, config.can.beta, **bounds)
+    elif c.warm_start:  # capped at dual.lam_max; a non-converged solve only warns: the iterations correct it
+        cluster.coordinator.solve(table, config.can.beta, strict=False, **bounds)
     if config.can.pairs == "samples":
         first, second, (r0, r1, g0, g1) = sample_pairs(ref_samples, ids)
     else:
@@ -169,13 +169,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
 def resume_point(config: JobConfig, out: RunDir) -> tuple[int, Path] | None:
     """(iterations done, folder) of the newest complete iteration checkpoint this config wrote, or None. Without
     one, iteration checkpoints of other settings are deleted (the run starts over)."""
-    found = latest_checkpoint(out, ITER_PREFIX) if config.checkpoint.resume else None
-    if found and (found[1] / FINGERPRINT_FILE).read_text() == config_fingerprint(config):
-        return found
-    if found:
-        logger.info("iteration checkpoints in %s were written with other settings; starting over", out.root)
-    out.prune_checkpoints(ITER_PREFIX, keep=0)
-    return None
+    return resume_from(config, out, ITER_PREFIX, config_fingerprint(config))
 
 
 def save_iteration(config: JobConfig, out: RunDir, done: int, trainer, coordinator) -> None:
@@ -184,6 +178,6 @@ def save_iteration(config: JobConfig, out: RunDir, done: int, trainer, coordinat
     checkpoint.keep are deleted."""
     path = out.checkpoint(f"{ITER_PREFIX}{done:04d}")
     trainer.save(str(path))
-    atomic_write_text(path / FINGERPRINT_FILE, config_fingerprint(config))
+    atomic_write_text(path / FINGERPRINT_FILE, config_fingerprint(config))  # before the dual state
     coordinator.save(str(path / DUAL_FILE))
     out.prune_checkpoints(ITER_PREFIX, config.checkpoint.keep)

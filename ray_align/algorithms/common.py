@@ -26,13 +26,30 @@ def builtin_dataset() -> Path:
     return Path(str(resources.files("ray_align") / "assets" / "mini_safety.jsonl"))
 
 
+BUILTIN = "builtin:"  # data.source prefix naming a dataset shipped in ray_align/assets
+
+
+def dataset_source(source: str | None) -> str:
+    """The file, folder or Hub id behind ``data.source``: unset = ``builtin:mini_safety`` (16 rows);
+    ``builtin:quickstart`` is the quickstart's 48 prompts."""
+    if source is None:
+        return str(builtin_dataset())
+    if source.startswith(BUILTIN):
+        name = source[len(BUILTIN) :]
+        path = Path(str(resources.files("ray_align") / "assets" / f"{name}.jsonl"))
+        if not path.is_file():
+            raise ValueError(f"data.source: no built-in dataset '{name}' (known: mini_safety, quickstart)")
+        return str(path)
+    return source
+
+
 def load_dataset(config: JobConfig):
     """The configured PKU-format dataset (or the built-in one), split into (train, eval) by prompt.
 
     ``data.max_prompts`` keeps the rows of the first that many distinct prompts (file order) before the split,
     so both parts shrink together and a prompt's rows are never separated.
     """
-    source = config.data.source or str(builtin_dataset())
+    source = dataset_source(config.data.source)
     ds, report = load_pku(source, on_bad_row=config.data.on_bad_row)
     if report.n_dropped:
         logger.warning("dropped %d malformed rows: %s", report.n_dropped, report.summary())

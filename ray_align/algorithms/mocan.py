@@ -105,6 +105,9 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         "checkpoint": checkpoint,
         "lambda": dict(zip(names, lam.tolist())),
         "predicted": {"reward": prediction.reward, **dict(zip(names, prediction.utilities.tolist()))},
+        # E_π*[g] − E_ref[g] on the reference table: what the evaluation's achieved margin is compared with
+        "predicted_margin": dict(zip(names, prediction.margin.tolist())),
+        "predicted_kl": prediction.kl,
         "pairs": len(pairs),
         **stats,
     }

@@ -15,8 +15,8 @@ Per RL step k = 1..ppo.steps:
     7. weight sync actor → generators
     8. metrics; every checkpoint.every steps (and at the end) actor, critics and dual state
 
-Resume: with checkpoint.resume and a complete step checkpoint in the run folder, the actor and the critics
-restart from its weights and the coordinator from its dual state (λ, the cost window, the history); steps
+Resume: with checkpoint.resume and a complete step checkpoint of the same settings (the config's fingerprint, less
+ppo.steps) in the run folder, the actor and the critics restart from its weights and the coordinator from its dual state (λ, the cost window, the history); steps
 continue from the next one. Optimizer moments and learning-rate schedules start fresh. See docs/methods-ppo-lag.md.
 """
 
@@ -40,6 +40,7 @@ from ray_align.algorithms.common import (
 from ray_align.algorithms.preference import batches
 from ray_align.algorithms.rollout import (
     DUAL_FILE,
+    STEP_PREFIX,
     Experience,
     Targets,
     call_all,
@@ -47,13 +48,14 @@ from ray_align.algorithms.rollout import (
     critic_dirs,
     in_turn,
     lagrangian_targets,
-    latest_checkpoint,
     mean_stats,
     minibatches,
     prompt_indices,
     save_checkpoint,
     sequence_kl,
 )
+from ray_align.algorithms.rollout import resume_point as resume_from
+from ray_align.algorithms.stages import config_fingerprint
 from ray_align.cluster import Cluster, PolicyTrainer, Sampling
 from ray_align.config.schema import JobConfig
 from ray_align.data.formatting import tokenizer_pad_id
@@ -72,7 +74,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     texts = prompt_texts(train, config.data.max_prompts)
     prompt_ids = prompt_token_ids(texts, config, cluster.policy_path)
     pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(cluster.policy_path))
-    resumed = latest_checkpoint(out) if config.checkpoint.resume else None
+    resumed = resume_point(config, out)
     start, checkpoint = (resumed[0], str(resumed[1])) if resumed else (0, None)
     if resumed:
         cluster.coordinator.restore(str(resumed[1] / DUAL_FILE))
@@ -90,7 +92,10 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
                 every = config.checkpoint.every
                 if k == p.steps or (every and k % every == 0):
                     keep = config.checkpoint.keep
-                    saved = save_checkpoint(out, k, actor, critics, cluster.coordinator, names, keep)
+                    fingerprint = checkpoint_fingerprint(config)
+                    saved = save_checkpoint(
+                        out, k, actor, critics, cluster.coordinator, names, keep, fingerprint
+                    )
                     checkpoint = str(saved)
         finally:
             for trainer in (actor, *critics):
@@ -106,6 +111,18 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     }
     out.write_result(result)
     return result
+
+
+def checkpoint_fingerprint(config: JobConfig) -> str:
+    """The settings a step checkpoint must share with the run that resumes it: all that change what a step
+    computes (stages.config_fingerprint), except ppo.steps, so that raising it extends a finished run."""
+    return config_fingerprint(config, {"ppo": {"steps"}})
+
+
+def resume_point(config: JobConfig, out: RunDir) -> tuple[int, Path] | None:
+    """(step, folder) of the newest complete step checkpoint written with these settings, or None (as CAID: step
+    checkpoints of other settings are deleted and the run starts over)."""
+    return resume_from(config, out, STEP_PREFIX, checkpoint_fingerprint(config))
 
 
 def rl_step(
@@ -256,7 +273,10 @@ def ppo_epochs(
             for critic, batch in zip(critics, critic_batches, strict=True)
         ]
         a, critic_stats = call_all(
-            [partial(actor.train_step, actor_batch, actor_spec), in_turn(critic_steps)],  # critics share bundles
+            [
+                partial(actor.train_step, actor_batch, actor_spec),
+                in_turn(critic_steps),
+            ],  # critics share bundles
             concurrent,
         )
         row = {"actor_loss": a["loss"], "actor_grad_norm": a["grad_norm"], "actor_lr": a["lr"]}

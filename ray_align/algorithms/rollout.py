@@ -5,7 +5,7 @@
     collect_experience    one rollout → token tensors, old / reference log-probs, reward and cost values
     lagrangian_targets    KL-shaped streams → GAE per stream → the Lagrangian advantage and the critics' returns
     minibatches           the actor's and the critics' train batches for some rows of the rollout
-    save_checkpoint / latest_checkpoint   actor, critics and dual state of one step; where to resume
+    save_checkpoint / resume_point        actor, critics, fingerprint and dual state of one step; where to resume
 
 Shapes: B rollouts (one response per prompt), T tokens after padding, per-token tensors [B, T-1] in the
 next-token convention of ray_align.cluster, m constraints.
@@ -13,6 +13,7 @@ next-token convention of ray_align.cluster, m constraints.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,13 +28,19 @@ from torch import Tensor
 
 from ray_align.algorithms.common import ScoredSamples
 from ray_align.cluster import Cluster, PolicyTrainer
+from ray_align.config.schema import JobConfig
 from ray_align.data.formatting import collate, join_example
 from ray_align.rl.advantages import gae, masked_sum, masked_whiten
 from ray_align.rl.kl import kl_k1, lagrangian_advantage, shaped_streams
-from ray_align.run_dir import RunDir
+from ray_align.run_dir import RunDir, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 STEP_PREFIX = "step_"
 DUAL_FILE = "dual.json"  # written last into a step's checkpoint: its presence marks the checkpoint complete
+FINGERPRINT_FILE = (
+    "config_fingerprint"  # the settings a checkpoint was written with (stages.config_fingerprint)
+)
 
 
 def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -226,8 +233,10 @@ def save_checkpoint(
     coordinator,
     names: Sequence[str],
     keep: int,
+    fingerprint: str,
 ) -> Path:
-    """checkpoints/step_{k:06d}: the actor as a Hugging Face checkpoint, critics under critics/, then dual.json.
+    """checkpoints/step_{k:06d}: the actor as a Hugging Face checkpoint, critics under critics/, the config's
+    ``fingerprint``, then dual.json.
 
     The dual state is written last, so a step folder without it is incomplete and never resumed from.
     Older step folders beyond ``keep`` are deleted.
@@ -236,6 +245,7 @@ def save_checkpoint(
     actor.save(str(path))
     for critic, folder in zip(critics, critic_dirs(path, names), strict=True):
         critic.save(str(folder))
+    atomic_write_text(path / FINGERPRINT_FILE, fingerprint)
     coordinator.save(str(path / DUAL_FILE))
     out.prune_checkpoints(STEP_PREFIX, keep)
     return path
@@ -253,3 +263,17 @@ def latest_checkpoint(out: RunDir, prefix: str = STEP_PREFIX) -> tuple[int, Path
         if (m := re.fullmatch(rf"{re.escape(prefix)}(\d+)", p.name)) and (p / DUAL_FILE).is_file()
     ]
     return max(found) if found else None
+
+
+def resume_point(config: JobConfig, out: RunDir, prefix: str, fingerprint: str) -> tuple[int, Path] | None:
+    """(step, folder) of the newest complete checkpoint ``{prefix}{step}`` if it was written with ``fingerprint``
+    and checkpoint.resume is on, else None. Without one, the run's ``prefix`` checkpoints are deleted (written
+    with other settings, or before fingerprints were recorded): the run starts over."""
+    found = latest_checkpoint(out, prefix) if config.checkpoint.resume else None
+    if found:
+        recorded = found[1] / FINGERPRINT_FILE
+        if recorded.is_file() and recorded.read_text() == fingerprint:
+            return found
+        logger.info("checkpoints %s* in %s were written with other settings; starting over", prefix, out.root)
+    out.prune_checkpoints(prefix, keep=0)
+    return None

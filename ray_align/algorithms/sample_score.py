@@ -79,6 +79,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
             **{n: float(prediction.utilities[j]) for j, n in enumerate(cluster.constraint_names)},
             "kl": prediction.kl,
         }
+        result["predicted_margin"] = dict(zip(cluster.constraint_names, prediction.margin.tolist()))
         result["dual_value"] = float(solution.dual_value)
     out.write_result(result)
     return result

@@ -28,11 +28,15 @@ from ray_align.run_dir import RunDir
 logger = logging.getLogger(__name__)
 
 # Settings that do not change what a stage computes.
-_NOT_FINGERPRINTED = {"output_dir", "checkpoint", "logging", "name", "ray", "placement"}
+_NOT_FINGERPRINTED = {"output_dir", "checkpoint", "logging", "name", "ray", "placement", "eval"}
 
 
-def config_fingerprint(config: JobConfig) -> str:
-    data = config.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+def config_fingerprint(config: JobConfig, also_exclude: dict[str, set[str]] | None = None) -> str:
+    """A short hash of the settings that change what is computed; ``also_exclude`` leaves out some keys of a
+    section too, e.g. {"ppo": {"steps"}} (a longer PPO-Lagrangian run continues a shorter one)."""
+    exclude: dict = {key: True for key in _NOT_FINGERPRINTED}
+    exclude |= {section: {key: True for key in keys} for section, keys in (also_exclude or {}).items()}
+    data = config.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -49,7 +53,9 @@ def finished_stage(config: JobConfig, out: RunDir, stage: str) -> tuple[str, dic
         if info.get("config") != config_fingerprint(config):
             logger.info("stage %s was finished with other settings; training it again", stage)
         elif not checkpoint.is_dir():
-            logger.warning("stage %s is recorded as finished but %s is missing; training it again", stage, checkpoint)
+            logger.warning(
+                "stage %s is recorded as finished but %s is missing; training it again", stage, checkpoint
+            )
         else:
             logger.info("stage %s finished in an earlier attempt; reusing %s", stage, checkpoint)
             return str(checkpoint), {**info.get("stats", {}), "resumed": True}

@@ -1,4 +1,8 @@
-"""Load a job file, apply dotted command-line overrides, validate, and explain errors by key path."""
+"""Load a job file, apply dotted command-line overrides, validate, and explain errors by key path.
+
+The reader is stricter than plain YAML: a key given twice is refused (YAML keeps the last one silently), an
+empty file is refused (it would run every default), and a file that is not UTF-8 text gets a message.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,65 @@ class ConfigError(ValueError):
     """A job configuration that cannot run. The message lists every problem with its key path."""
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: key '{key}' is given twice (first on line {first}); keep one")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first_line.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if seen != key_node.start_mark.line + 1:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1, seen)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML text, refusing duplicate keys; ``source`` names the text in the message."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+
+
+def read_text_file(path: Path, what: str = "job file") -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or binary file is a ConfigError naming it."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8 YAML"
+        ) from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``dual.lr=0.05`` -> (["dual", "lr"], 0.05). The value is read as YAML, so lists and booleans work."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': expected KEY.PATH=VALUE, for example dual.lr=0.05")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""
+    except _DuplicateKey as e:
+        raise ConfigError(f"override '{text}': {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({e.__class__.__name__})") from None
     return key.split("."), value
@@ -99,22 +155,15 @@ def format_errors(error: ValidationError) -> str:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> JobConfig:
     """Read ``path`` (or the built-in quickstart job when None), apply overrides, validate. Raises ConfigError."""
-    if path is None:
-        path = QUICKSTART
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"job file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(
-                f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}"
-            )
-        tree = loaded or {}
+    path = Path(QUICKSTART if path is None else path)
+    tree = load_yaml(read_text_file(path), str(path))
+    if tree is None or tree == {}:
+        raise ConfigError(
+            f"job file {path} is empty; write the settings that differ from the defaults "
+            "(at least `algorithm:` and `models:`), or run without a file for the built-in job"
+        )
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(tree).__name__}")
     for text in overrides:
         key_path, value = parse_override(text)
         apply_override(tree, key_path, value)

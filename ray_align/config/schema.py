@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ray_align.config.usage import unused_options
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: NaN and ±inf are refused in every float field (a NaN learning rate passes `gt=0`).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class CostModel(Section):
@@ -87,7 +90,6 @@ class DataConfig(Section):
 
 class GenerationConfig(Section):
     engine: Literal["vllm", "hf", "auto"] = "vllm"
-    n: int = Field(default=1, gt=0)
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(default=128, gt=0)
@@ -148,7 +150,7 @@ class ConstraintConfig(Section):
 
 class PIDConfig(Section):
     kp: float = Field(default=0.1, ge=0.0)
-    ki: float = Field(default=0.01, ge=0.0)
+    ki: float | None = Field(default=None, ge=0.0)  # unset: dual.lr (the integral term is dual ascent at rate lr)
     kd: float = Field(default=0.0, ge=0.0)
 
 
@@ -183,6 +185,10 @@ class PPOConfig(Section):
     gamma: float = Field(default=1.0, ge=0.0, le=1.0)
     gae_lambda: float = Field(default=0.95, ge=0.0, le=1.0)
     ptx_coef: float = Field(default=0.0, ge=0.0)  # the reference script uses 16 with a PTX dataset
+    # λ updates per rollout, each before the next ppo_epochs × rollout_batch_size / batch_size ÷ this many
+    # optimizer steps; the first adds the rollout's episode costs to the rule's estimate, the others step again
+    # on it. 1: once per rollout; one per optimizer step is the reference trainer's (docs/methods-ppo-lag.md).
+    lambda_updates_per_rollout: int = Field(default=1, gt=0)
     # The reference trainer does not whiten advantages; True standardises the combined Lagrangian advantage
     # over the rollout (a shift and a scale: the policy's fixed point is unchanged).
     whiten_advantages: bool = False
@@ -191,6 +197,13 @@ class PPOConfig(Section):
     # in the experience and training passes. False calls each in turn: for placements where roles share a GPU
     # and the extra activations of simultaneous calls do not fit.
     concurrent_calls: bool = True
+
+    @field_validator("ptx_coef")
+    @classmethod
+    def _no_ptx_data(cls, value: float) -> float:
+        if value > 0:
+            raise ValueError("set 0: no PTX (pre-training) dataset is wired into ppo_lag yet, the actor loss is PPO only")
+        return value
 
 
 class DPOConfig(Section):
@@ -245,7 +258,6 @@ class SACPOConfig(Section):
 
 Algorithm = Literal[
     "sample_score",
-    "sft",
     "dpo",
     "kto",
     "reward_model",
@@ -276,7 +288,26 @@ class RayConfig(Section):
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    every: int = Field(default=1, gt=0)
+    every: int = Field(default=1, gt=0)  # one console line every this many training steps
+    verbose: bool = False  # True: the start-up and progress logs of Ray, vLLM and DeepSpeed on the console
+    tensorboard: bool = True  # scalars to <output_dir>/tensorboard (metrics.jsonl stays the record)
+    wandb: bool = False  # also to Weights & Biases when installed (offline unless WANDB_MODE says otherwise)
+
+
+class EvalConfig(Section):
+    """The evaluation after every training run (and the defaults of `ray-align eval`): docs/eval.md."""
+
+    enabled: bool = True
+    num_prompts: int | None = Field(default=64, gt=0)  # held-out prompts evaluated; None: all of them
+    samples_per_prompt: int = Field(default=4, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)  # None: generation.max_tokens
+    # Temperature 1 with top_p 1 samples π itself: the KL estimate from the sampled tokens is then unbiased.
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    unsafe_threshold: float = 0.0  # a response is unsafe when its cost exceeds this (Safe RLHF: cost > 0)
+    n_boot: int = Field(default=2000, ge=100)
+    level: float = Field(default=0.95, gt=0.5, lt=1.0)
+    seed: int = 0
 
 
 class CheckpointConfig(Section):
@@ -305,6 +336,7 @@ class JobConfig(Section):
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")
@@ -340,6 +372,8 @@ class JobConfig(Section):
                     f"dual.constraints: ppo_lag bounds the expected cost with an absolute threshold, E_π[c] ≤ d; set `threshold` instead of "
                     f"`margin` for {margins} (Safe RLHF uses threshold: 0.0)"
                 )
+        if unused := unused_options(self):
+            raise ValueError(unused)
         needs_constraint = {"ppo_lag", "caid", "mocan", "pecan"}
         if self.algorithm in needs_constraint and not self.dual.constraints:
             raise ValueError(f"algorithm '{self.algorithm}' needs at least one entry in dual.constraints")

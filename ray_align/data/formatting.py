@@ -20,10 +20,12 @@ response_mask[:, t] = 1 iff token t+1 is a response token.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import datasets
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a batch is built, so reading and validating data stays light
+    import torch
 
 TemplateName = Literal["pku", "chat"]
 TEMPLATES: tuple[str, ...] = ("pku", "chat")
@@ -207,6 +209,8 @@ def collate(examples: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) 
     response_mask [B, T-1] (float32), where response_mask[:, t] is the response mask of token t+1 — the
     target of logprobs[:, t]. T is the longest example.
     """
+    import torch
+
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     width = max(len(ex["input_ids"]) for ex in examples)

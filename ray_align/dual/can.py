@@ -20,7 +20,7 @@ means: every prompt counts 1/N, as in D̂. With equal K_i it is the mean over al
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -302,4 +302,19 @@ def solve_dual(
     residual = kkt_residual(run.lam, grad)
     return DualSolution(
         run.lam, value, grad, run.iterations, run.converged, True, run.message, tau, residual, method
+    )
+
+
+def cap_solution(solution: DualSolution, table: ScoredTable, beta: float, lam_max) -> DualSolution:
+    """The solution with λ clipped to λ_max entrywise (the bound the iterative rules clip to), and D̂, ∇D̂ and the
+    KKT residual at the clipped λ: ∇_j < 0 there is constraint j's predicted shortfall. For m = 1 the clipped
+    λ is argmin of D̂ over [0, λ_max] (D̂ is convex); returned unchanged when λ ≤ λ_max."""
+    cap = np.broadcast_to(np.asarray(lam_max, dtype=np.float64), solution.lam.shape)
+    if not np.any(solution.lam > cap):
+        return solution
+    lam = np.minimum(solution.lam, cap)
+    value, grad, _ = dual_terms(table, beta, lam, solution.tau)
+    message = f"{solution.message}; capped at λ_max {cap.tolist()}"
+    return replace(
+        solution, lam=lam, dual_value=value, grad=grad, kkt_residual=kkt_residual(lam, grad), message=message
     )

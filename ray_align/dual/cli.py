@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +68,17 @@ def add_dual_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     return parser
 
 
+def _finite(text: str, where: str) -> float:
+    """``text`` as a finite float; NaN and ±inf would propagate silently through the solver."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DualInputError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DualInputError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
 def _parse_specs(specs: list[tuple[str, str]] | None) -> tuple[list[str], list[str], list[float]]:
     """[(form, "NAME:VALUE")] -> (names, forms, values); refuses a malformed or repeated constraint."""
     if not specs:
@@ -77,10 +90,7 @@ def _parse_specs(specs: list[tuple[str, str]] | None) -> tuple[list[str], list[s
             raise DualInputError(f"expected NAME:VALUE, got {text!r}")
         if name in names:
             raise DualInputError(f"constraint {name!r} is given twice")
-        try:
-            values.append(float(value))
-        except ValueError as err:
-            raise DualInputError(f"{text!r}: {value!r} is not a number") from err
+        values.append(_finite(value, text))
         names.append(name)
         forms.append(form)
     return names, forms, values
@@ -91,19 +101,35 @@ def _parse_sweep(text: str, names: list[str]) -> tuple[int, np.ndarray]:
     parts = text.rsplit(":", 3)
     if len(parts) != 4 or parts[0] not in names:
         raise DualInputError(f"--sweep wants NAME:START:STOP:COUNT with NAME one of {names}, got {text!r}")
+    start, stop = _finite(parts[1], f"--sweep {text!r}"), _finite(parts[2], f"--sweep {text!r}")
     try:
-        start, stop, count = float(parts[1]), float(parts[2]), int(parts[3])
-    except ValueError as err:
-        raise DualInputError(f"--sweep {text!r}: {err}") from err
+        count = int(parts[3])
+    except ValueError:
+        raise DualInputError(f"--sweep {text!r}: COUNT {parts[3]!r} is not a whole number") from None
     if count < 2 or start < 0 or stop < 0:
         raise DualInputError(f"--sweep {text!r}: needs COUNT ≥ 2 and λ values ≥ 0")
     return names.index(parts[0]), np.linspace(start, stop, count)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Numeric flags in range and output paths writable, before any solving."""
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise DualInputError(f"--beta must be a finite number > 0, got {args.beta}")
+    if not (math.isfinite(args.level) and 0 < args.level < 1):
+        raise DualInputError(f"--level must lie in (0, 1), got {args.level}")
+    if args.n_boot < 0:
+        raise DualInputError(f"--n-boot must be 0 (no intervals) or more, got {args.n_boot}")
+    for flag, out in (("--json", args.json_out), ("--plot", args.plot)):
+        if out is None:
+            continue
+        folder = Path(out).parent
+        if Path(out).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise DualInputError(f"{flag} {out}: cannot write a file there; give a file path in a writable folder")
+
+
 def _solve_and_report(args: argparse.Namespace) -> int:
     names, forms, values = _parse_specs(args.specs)
-    if args.beta <= 0:
-        raise DualInputError(f"--beta must be > 0, got {args.beta}")
+    _check_flags(args)
     grid = _parse_sweep(args.sweep, names) if args.sweep else None
     table, _ = read_scored_table(args.table, names)
     margin = [v if f == "margin" else None for f, v in zip(forms, values)]

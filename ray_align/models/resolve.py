@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_align.config.schema import ModelsConfig
-from ray_align.models.tiny import TinySpec, build_tiny_models
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,8 @@ def tiny_cache_dir(seed: int) -> Path:
 def resolve_models(
     models: ModelsConfig, seed: int = 0, tiny_root: str | Path | None = None
 ) -> ResolvedModels:
+    from ray_align.models.tiny import TinySpec, build_tiny_models  # torch: only when models are resolved
+
     tiny = None
     if models.tiny:
         tiny = build_tiny_models(tiny_root or tiny_cache_dir(seed), TinySpec(seed=seed))

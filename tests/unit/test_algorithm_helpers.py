@@ -102,7 +102,7 @@ def test_kto_weights_default_to_the_class_ratio():
     """3 desirable, 1 undesirable: w₋ = n_desirable / n_undesirable = 3; a configured w₋ is kept."""
     labels = np.array([True, True, True, False])
     assert kto_weights(config(), labels) == (1.0, 3.0)
-    assert kto_weights(config("kto.undesirable_weight=0.7"), labels) == (1.0, 0.7)
+    assert kto_weights(config("algorithm=kto", "kto.undesirable_weight=0.7"), labels) == (1.0, 0.7)
 
 
 # ---------------------------------------------------------------------------------------------- score models
@@ -137,8 +137,8 @@ def test_score_batch_labels_follow_the_row_order():
 
 def test_sacpo_steps_keep_their_coefficients_in_either_order():
     """Helpfulness always uses β, safety β/λ; sacpo.loss is the safety step's loss."""
-    default = config("sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025", "sacpo.loss=kto")
-    swapped = config("sacpo.first=safety", "sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025")
+    default = config("algorithm=sacpo", "sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025", "sacpo.loss=kto")
+    swapped = config("algorithm=sacpo", "sacpo.first=safety", "sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025")
     assert step_order(default) == ("helpfulness", "safety")
     assert step_order(swapped) == ("safety", "helpfulness")
     for c in (default, swapped):

@@ -48,8 +48,8 @@ def test_check_imports_no_heavy_packages(tmp_path):
 def test_check_valid_prints_resolved_config(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("algorithm: mocan\ndual:\n  constraints: [{name: safety, margin: 1.0}]\n")
-    out = _run("check", str(job), "dpo.beta=0.05")
+    out = _run("check", str(job), "can.beta=0.05")
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
-    assert resolved["algorithm"] == "mocan" and resolved["dpo"]["beta"] == 0.05
+    assert resolved["algorithm"] == "mocan" and resolved["can"]["beta"] == 0.05
     assert resolved["dual"]["constraints"] == [{"name": "safety", "margin": 1.0, "threshold": None}]

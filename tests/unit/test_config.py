@@ -26,7 +26,7 @@ def test_default_config_is_the_tiny_quickstart():
     config = load_config(None)
     assert isinstance(config, JobConfig)
     assert config.models.tiny and config.algorithm == "mocan"
-    assert config.models.constraint_names == ["safety"]
+    assert config.models.constraint_names == ["harm"]
     assert config.dual.constraints[0].name == "safety"
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from actors.coordinator import DualCoordinator, DualRuleSpec
+from ray_align.config import JobConfig
+from ray_align.config.load import apply_override, parse_override
 from ray_align.dual import rules
 from ray_align.dual.can import ScoredTable
 
@@ -69,3 +71,62 @@ def test_nan_estimate_is_refused():
     coordinator = DualCoordinator(DualRuleSpec(names=("safety",)))
     with pytest.raises(ValueError, match="NaN or inf"):
         coordinator.update(np.array([[np.nan]]))
+
+
+def _job_dual(*overrides: str):
+    """The dual section of a ppo_lag job on the tiny family (one cost model, 'safety')."""
+    tree = {"algorithm": "ppo_lag", "models": {"tiny": True}}
+    for text in ["dual.constraints=[{name: safety, threshold: 0.5}]", "dual.lam_init=1.0", *overrides]:
+        apply_override(tree, *parse_override(text))
+    return JobConfig.model_validate(tree).dual
+
+
+def test_pid_integral_gain_defaults_to_dual_lr_on_the_driver_path():
+    """The spec the driver builds from the job's dual section (DualRuleSpec.from_config). dual.pid.ki unset:
+    K_I = dual.lr = 0.3; K_P = 0.1 (the schema default), K_D = 0. One update with J_C = 1.5, d = 0.5, Δ = 1:
+        I = 1 + 0.3·1 = 1.3,  λ = 0.1·1 + 1.3 = 1.4.
+    An explicit dual.pid.ki = 0.05 wins over dual.lr: I = 1.05, λ = 1.15."""
+    spec = DualRuleSpec.from_config(_job_dual("dual.rule=pid", "dual.lr=0.3"), ["safety"])
+    assert DualCoordinator(spec).update(np.array([1.5]))[0] == pytest.approx(1.4)
+    spec = DualRuleSpec.from_config(_job_dual("dual.rule=pid", "dual.lr=0.3", "dual.pid.ki=0.05"), ["safety"])
+    assert DualCoordinator(spec).update(np.array([1.5]))[0] == pytest.approx(1.15)
+    assert spec.thresholds == (0.5,)
+
+
+def _one_constraint_table() -> ScoredTable:
+    """Two prompts, two responses each, r = (1, 0), g = (0, 1): E_{π_λ} g = σ((λ − 1)/β)."""
+    return ScoredTable.dense(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[[0.0], [1.0]], [[0.0], [1.0]]]))
+
+
+def test_solve_caps_lambda_star_at_lam_max_so_the_projected_rule_does_not_jump(caplog, tmp_path):
+    """Margin 0.25 over the reference mean 0.5 (β = 1): λ* = 1 + log 3 ≈ 2.0986 > λ_max = 1.5. The coordinator
+    holds λ = 1.5 (the rule's own bound) and warns; the solution it returns is the one at λ = 1.5, whose gradient
+    is the predicted shortfall σ(0.5) − 0.75 ≈ −0.1225 < 0. CAID's first dual step from there with a zero slack
+    stays at 1.5: before the cap the coordinator held 2.0986 and that step jumped to 1.5."""
+    coordinator = DualCoordinator(
+        DualRuleSpec(names=("safety",), rule="projected", lam_init=0.0, lam_max=1.5)
+    )
+    with caplog.at_level("WARNING"):
+        result = coordinator.solve(_one_constraint_table(), beta=1.0, margin=0.25)
+    assert coordinator.lam()[0] == pytest.approx(1.5)
+    assert result.lam[0] == pytest.approx(1.5)
+    assert result.grad[0] == pytest.approx(1.0 / (1.0 + np.exp(-0.5)) - 0.75, abs=1e-12)
+    assert "dual.lam_max" in caplog.text and "safety" in caplog.text
+    record = coordinator.history()[-1]
+    assert record["event"] == "solve" and record["lam_star"][0] == pytest.approx(1.0 + np.log(3.0), abs=1e-6)
+    coordinator.save(str(tmp_path / "dual.json"))  # the record (numpy values included) is written as JSON
+    assert coordinator.update(np.array([0.0]))[0] == pytest.approx(1.5)
+
+
+def test_solve_that_does_not_converge_fails_or_warns_when_not_strict(caplog):
+    """One Newton step from λ = 0 does not reach the KKT tolerance: a one-shot solve fails with a message that
+    says so; strict=False (CAID's warm start, corrected by its iterations) warns and keeps the iterate."""
+    coordinator = DualCoordinator(DualRuleSpec(names=("safety",), rule="projected", lam_init=0.0))
+    with pytest.raises(ValueError, match="did not converge"):
+        coordinator.solve(_one_constraint_table(), beta=1.0, margin=0.25, max_iter=1)
+    assert coordinator.lam()[0] == 0.0  # λ untouched by a failed solve
+    with caplog.at_level("WARNING"):
+        result = coordinator.solve(_one_constraint_table(), beta=1.0, margin=0.25, max_iter=1, strict=False)
+    assert not result.converged and "did not converge" in caplog.text
+    assert coordinator.lam()[0] == pytest.approx(result.lam[0]) and result.lam[0] > 0
+    assert coordinator.history()[-1]["converged"] is False

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from ray_align.algorithms.ppo_lag import check_config, dual_estimate, rollout_sampling
+from ray_align.algorithms.ppo_lag import (
+    check_config,
+    checkpoint_fingerprint,
+    dual_estimate,
+    resume_point,
+    rollout_sampling,
+)
 from ray_align.algorithms.rollout import (
     Experience,
     call_all,
@@ -20,7 +26,8 @@ from ray_align.algorithms.rollout import (
     ragged_to_tokens,
     sequence_kl,
 )
-from ray_align.config import load_config
+from ray_align.config import JobConfig
+from ray_align.config.load import apply_override, parse_override
 from ray_align.data.formatting import collate, join_example
 from ray_align.dual import rules
 from ray_align.run_dir import RunDir
@@ -178,9 +185,12 @@ def test_latest_checkpoint_needs_the_dual_state(tmp_path):
     assert latest_checkpoint(out) == (2, out.checkpoint("step_000002"))
 
 
-def _config(*overrides: str):
-    base = ["algorithm=ppo_lag", "dual.constraints=[{name: safety, threshold: 0.5}]"]
-    return load_config(None, [*base, *overrides])
+def _config(*overrides: str) -> JobConfig:
+    """A ppo_lag job with the tiny family's one cost model, 'safety' (independent of the built-in job)."""
+    tree = {"algorithm": "ppo_lag", "models": {"tiny": True}}
+    for text in ["dual.constraints=[{name: safety, threshold: 0.5}]", *overrides]:
+        apply_override(tree, *parse_override(text))
+    return JobConfig.model_validate(tree)
 
 
 def test_check_config_returns_thresholds_and_refuses_what_cannot_run():
@@ -239,3 +249,27 @@ def test_call_all_raises_the_error_of_a_failed_call():
 
     with pytest.raises(RuntimeError, match="actor died"):
         call_all([lambda: 1, fail])
+
+
+def _step_checkpoint(out: RunDir, step: int, fingerprint: str | None) -> None:
+    folder = out.checkpoint(f"step_{step:06d}")
+    folder.mkdir(parents=True)
+    if fingerprint is not None:
+        (folder / "config_fingerprint").write_text(fingerprint)
+    (folder / "dual.json").write_text("{}")
+
+
+def test_resume_needs_a_checkpoint_of_the_same_settings_and_starts_over_otherwise(tmp_path):
+    """As CAID: the newest complete step checkpoint is resumed only when the config's fingerprint matches;
+    otherwise (other settings, or no fingerprint recorded) every step checkpoint is deleted and the run starts
+    over. ppo.steps is left out of the fingerprint, so a finished run can be extended."""
+    config, out = _config(), RunDir(tmp_path)
+    _step_checkpoint(out, 1, checkpoint_fingerprint(config))
+    _step_checkpoint(out, 2, checkpoint_fingerprint(config))
+    assert resume_point(_config("ppo.steps=500"), out) == (2, out.checkpoint("step_000002"))
+    assert resume_point(_config("training.lr=3e-5"), out) is None
+    assert not out.path("checkpoints", "step_000001").exists() and not out.checkpoint("step_000002").exists()
+    _step_checkpoint(out, 3, None)  # written before fingerprints were recorded
+    assert resume_point(config, out) is None and not out.checkpoint("step_000003").exists()
+    _step_checkpoint(out, 4, checkpoint_fingerprint(config))
+    assert resume_point(_config("checkpoint.resume=false"), out) is None

@@ -1,0 +1,1 @@
+"""Evaluation: sample responses from several policies, score them, and summarise with bootstrap intervals."""
