@@ -137,3 +137,39 @@ def evaluate(
 
 def placement_cpus(config: JobConfig) -> float:
     return sum(b.get("CPU", 0.0) for b in plan_placement(eval_resources(config)).bundles)
+
+
+def run_eval(
+    config: JobConfig, policies, out: Path, *, prompts_file: str | None, with_reference: bool
+) -> dict:
+    """`ray-align eval`: resolve prompts and models, evaluate, print the table. ``policies``: PolicyArg list."""
+    from actors.launch import connect, setup_console
+    from ray_align.eval.command import policies_to_evaluate
+    from ray_align.eval.prompts import held_out_prompts, prompts_from_file
+    from ray_align.models.resolve import resolve_models
+    from ray_align.report.tables import console_table
+
+    setup_console(config)
+    prompts = prompts_from_file(prompts_file) if prompts_file else held_out_prompts(config)
+    prompts = prompts.head(config.eval.num_prompts)
+    models = resolve_models(config.models, seed=config.seed)
+    to_evaluate = policies_to_evaluate(policies, models.reference if with_reference else None)
+    targets = []
+    runs = [p for p in policies if p.run_dir is not None]
+    if with_reference and runs:  # the first run's bounds and prediction, judged for every policy
+        import json
+
+        targets = eval_targets(config, json.loads((runs[0].run_dir / "result.json").read_text()))
+    connect(config, placement_cpus(config))
+    summary = evaluate(
+        config,
+        models,
+        to_evaluate,
+        prompts,
+        out,
+        targets=targets,
+        reference=REFERENCE if with_reference else None,
+    )
+    print(console_table(summary))
+    print(f"outputs: {out}/eval.md, eval.json, samples.parquet")
+    return summary

@@ -18,6 +18,7 @@ from ray_align.algorithms import algorithm_module
 from ray_align.config import JobConfig, dump_config
 from ray_align.models.resolve import resolve_models
 from ray_align.run_dir import start_run_folder
+from ray_align.tracking import open_sinks
 
 logger = logging.getLogger("ray_align")
 
@@ -101,6 +102,7 @@ def run_job(config: JobConfig, *, overwrite: bool = False, preflight: bool = Tru
     from ray_align.placement import plan_placement
 
     out = start_run_folder(config.output_dir, dump_config(config), overwrite=overwrite)  # after the preflight
+    out.sinks = open_sinks(config, out.root)
     module = algorithm_module(config.algorithm)
     models = resolve_models(config.models, seed=config.seed)
     plan = plan_placement(resources_for(config, module.ROLES))
@@ -129,6 +131,7 @@ def run_job(config: JobConfig, *, overwrite: bool = False, preflight: bool = Tru
     finally:
         if builder is not None:
             builder.shutdown()
+        out.close_sinks()
     from actors.finish import finish_run
 
     finish_run(config, models, result, out, phases)

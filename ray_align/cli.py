@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny)
 
+    from ray_align.eval.command import add_eval_parser
+
+    add_eval_parser(sub)
     try:
         from ray_align.dual.cli import add_dual_parser
     except ImportError:  # pragma: no cover - the dual package is part of every install

@@ -104,6 +104,7 @@ class RunDir:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.trained: list[str] = []  # stages trained (not reused) in this attempt, in order
+        self.sinks: list[Any] = []  # ray_align.tracking: TensorBoard, W&B (each has scalars() and close())
         self._end_cut_line()
 
     def path(self, *parts: str) -> Path:
@@ -114,6 +115,13 @@ class RunDir:
         line = json.dumps({"step": step, "stage": stage, **metrics}, default=_default) + "\n"
         with open(self.path("metrics.jsonl"), "a") as f:
             f.write(line)
+        for sink in self.sinks:
+            sink.scalars(stage, step, metrics)
+
+    def close_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def _end_cut_line(self) -> None:
         """End a metrics line an earlier attempt's crash cut short, so the next row starts on its own line (only

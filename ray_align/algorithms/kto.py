@@ -9,7 +9,12 @@ safety label (desirable = safe), so both answers of a row are used, each on its 
 2. start a trainer from the policy; its initial weights are π_ref
 3. reference log-probs of every singleton and every partner (π_ref = the trainer before its first step)
 4. class weights w₊ = kto.desirable_weight, w₋ = kto.undesirable_weight or n_desirable / n_undesirable
-5. KTO epochs on shuffled batches; save the Hugging Face checkpoint
+5. KTO epochs on shuffled batches: before each step, z0 of the whole batch (a forward of its partners, or of the
+   batch itself with kto.kl_estimate "batch"), then the step on the singletons with that z0; save the checkpoint
+
+z0 is the global batch's estimate, as the paper's: every rank and micro-batch of the step sees the same value
+(estimated inside each micro-batch it would be a noisier, rank-dependent reference point). It is taken with the
+weights the step's forward uses, so it equals the in-step estimate over the whole batch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from transformers import AutoTokenizer
 from ray_align.algorithms.common import load_dataset, tokenize_options
 from ray_align.algorithms.preference import Example, batches, example_logps, steps_for
 from ray_align.algorithms.stages import finished_stage, record_stage
-from ray_align.cluster import Cluster
+from ray_align.cluster import Cluster, PolicyTrainer
 from ray_align.config.schema import JobConfig
 from ray_align.data import (
     collate,
@@ -33,7 +38,7 @@ from ray_align.data import (
     tokenize_prompt_response,
     tokenizer_pad_id,
 )
-from ray_align.losses.policy import kto_default_undesirable_weight
+from ray_align.losses.policy import kto_default_undesirable_weight, kto_kl_estimate
 from ray_align.losses.specs import KTOSpec
 from ray_align.run_dir import RunDir
 
@@ -115,31 +120,36 @@ def helpfulness_singletons(ds, tokenizer, config: JobConfig) -> Singletons:
     )
 
 
-def interleave(first: Sequence, second: Sequence) -> list:
-    """[first_0, second_0, first_1, second_1, ...]: any even-sized contiguous cut of the batch (a rank's share,
-    a micro-batch) then holds as many singletons as partner rows, so every micro-batch can estimate z0."""
-    if len(first) != len(second):
-        raise ValueError(f"cannot interleave {len(first)} rows with {len(second)}")
-    return [row for pair in zip(first, second) for row in pair]
+def reference_point(
+    trainer: PolicyTrainer,
+    data: Singletons,
+    idx: np.ndarray,
+    ref: np.ndarray,
+    ref_mismatched: np.ndarray | None,
+    pad_id: int,
+    batch_size: int,
+) -> float:
+    """z0 = max(0, mean_i(log π − log π_ref)) over the whole batch ``idx`` under the trainer's current weights: on
+    the singletons' mismatched partners when there are (the paper's estimator), else on the singletons."""
+    if data.mismatched is not None and ref_mismatched is not None:
+        rows, ref_rows = [data.mismatched[i] for i in idx], ref_mismatched[idx]
+    else:
+        rows, ref_rows = [data.examples[i] for i in idx], ref[idx]
+    policy = example_logps(trainer, rows, pad_id, batch_size)
+    return float(
+        kto_kl_estimate(torch.from_numpy(policy), torch.from_numpy(np.asarray(ref_rows, np.float64)))
+    )
 
 
 def kto_batch(
-    data: Singletons, idx: np.ndarray, ref: np.ndarray, ref_mismatched: np.ndarray | None, pad_id: int
+    data: Singletons, idx: np.ndarray, ref: np.ndarray, z0: float, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """The KTOSpec batch for singletons ``idx``: ref_logps [B], desirable [B] and (with partners) kl_row [B]."""
-    rows = [data.examples[i] for i in idx]
-    ref_logps, desirable = ref[idx], data.desirable[idx]
-    kl_row = np.zeros(len(idx), dtype=bool)
-    if ref_mismatched is not None:
-        rows = interleave(rows, [data.mismatched[i] for i in idx])
-        ref_logps = np.asarray(interleave(ref_logps, ref_mismatched[idx]))
-        desirable = np.asarray(interleave(desirable, desirable))  # a partner row's label is never read
-        kl_row = np.asarray(interleave(kl_row, ~kl_row))
-    batch = collate(rows, pad_id)
-    batch["ref_logps"] = torch.from_numpy(np.asarray(ref_logps, dtype=np.float32))
-    batch["desirable"] = torch.from_numpy(desirable)
-    if ref_mismatched is not None:
-        batch["kl_row"] = torch.from_numpy(kl_row)
+    """The KTOSpec batch for singletons ``idx``: ref_logps [B], desirable [B], and kl_estimate (z0, 0-dim: every
+    rank and micro-batch gets it whole)."""
+    batch = collate([data.examples[i] for i in idx], pad_id)
+    batch["ref_logps"] = torch.from_numpy(np.asarray(ref[idx], dtype=np.float32))
+    batch["desirable"] = torch.from_numpy(data.desirable[idx])
+    batch["kl_estimate"] = torch.tensor(z0, dtype=torch.float32)
     return batch
 
 
@@ -169,9 +179,7 @@ def kto_run(
     t = config.training
     with_partners = data.mismatched is not None
     steps = steps_for(len(data), t.batch_size, t.epochs)
-    trainer = cluster.new_trainer(
-        model_path, "causal_lm", total_steps=steps, rows_per_example=2 if with_partners else 1
-    )
+    trainer = cluster.new_trainer(model_path, "causal_lm", total_steps=steps)
     try:
         pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(model_path))
         # step 3: π_ref = the initial weights, for the singletons and their partners
@@ -185,7 +193,8 @@ def kto_run(
         # step 5: epochs
         history = []
         for step, idx in enumerate(batches(len(data), t.batch_size, t.epochs, config.seed)):
-            stats = trainer.train_step(kto_batch(data, idx, ref, ref_mismatched, pad_id), spec)
+            z0 = reference_point(trainer, data, idx, ref, ref_mismatched, pad_id, t.batch_size)
+            stats = trainer.train_step(kto_batch(data, idx, ref, z0, pad_id), spec)
             out.log_metrics(step, stage, stats)
             history.append(stats)
         checkpoint = trainer.save(str(out.checkpoint(stage)))

@@ -20,7 +20,7 @@ from typing import ClassVar, Protocol
 from torch import Tensor
 
 from ray_align.losses.logprobs import sequence_logps
-from ray_align.losses.policy import dpo_loss, kto_kl_estimate, kto_loss, sft_loss
+from ray_align.losses.policy import dpo_loss, kto_loss, sft_loss
 from ray_align.losses.ppo import clipped_value_loss, ppo_policy_loss
 from ray_align.losses.score import bradley_terry_loss, safe_rlhf_cost_loss
 
@@ -73,11 +73,11 @@ class DPOSpec:
 
 @dataclass(frozen=True)
 class KTOSpec:
-    """KTO on singletons: batch["ref_logps"] [B], batch["desirable"] [B] bool.
+    """KTO on singletons: batch["ref_logps"] [B], batch["desirable"] [B] bool, batch["kl_estimate"] (0-dim).
 
-    Optional batch["kl_row"] [B] bool marks rows that are mismatched pairs (x_i, y_j), j ≠ i, used only
-    for the reference point z0 (:func:`kto_kl_estimate`, the paper's estimator); the loss averages over the
-    other rows. Without it z0 is estimated from the batch's own rows (see :func:`kto_loss`).
+    kl_estimate is the reference point z0 of the whole batch, estimated before the step
+    (ray_align.algorithms.kto.reference_point): every rank and micro-batch must use the same z0, so the spec
+    never estimates it from the rows it happens to see.
     """
 
     output: ClassVar[str] = "logprobs"
@@ -86,21 +86,18 @@ class KTOSpec:
     undesirable_weight: float = 1.0
 
     def __call__(self, outputs: Tensor, batch: Batch) -> LossAndStats:
-        policy_logps = sequence_logps(outputs, batch["response_mask"])
-        ref_logps, desirable = batch["ref_logps"], batch["desirable"]
-        kl_estimate = None
-        if "kl_row" in batch:
-            kl_row = batch["kl_row"].bool()
-            kl_estimate = kto_kl_estimate(policy_logps[kl_row], ref_logps[kl_row])
-            policy_logps, ref_logps, desirable = policy_logps[~kl_row], ref_logps[~kl_row], desirable[~kl_row]
+        if "kl_estimate" not in batch:
+            raise ValueError(
+                "KTOSpec needs batch['kl_estimate']: z0 of the whole batch, taken before the step"
+            )
         return kto_loss(
-            policy_logps,
-            ref_logps,
-            desirable,
+            sequence_logps(outputs, batch["response_mask"]),
+            batch["ref_logps"],
+            batch["desirable"],
             self.beta,
             desirable_weight=self.desirable_weight,
             undesirable_weight=self.undesirable_weight,
-            kl_estimate=kl_estimate,
+            kl_estimate=batch["kl_estimate"],
         )
 
 

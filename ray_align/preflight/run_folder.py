@@ -60,7 +60,10 @@ def check_output_dir(config: JobConfig, found: Findings, *, overwrite: bool = Fa
         found.problem(f"output_dir {root} is a file; choose a folder")
         return
     if _writable_parent(root) is None:
-        found.problem(f"output_dir {root}: permission denied (cannot write there); choose a folder you can write to")
+        found.problem(
+            f"output_dir {root} cannot be created or written (its nearest existing parent is not a folder "
+            "this user may write in); choose a folder you can write to"
+        )
         return
     if not root.is_dir() or not any(root.iterdir()):
         return

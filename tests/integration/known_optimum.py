@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from base_job import BASE_JOB
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ray_align.config import load_config
@@ -153,7 +154,7 @@ def job_config(
     critic = Path(ref.policy).parent / "critic"  # build_tiny_models puts the value model beside the policy
     critic_paths = [f"models.critic={critic}", f"models.cost_critic={critic}"] if critics else []
     return load_config(
-        None,
+        BASE_JOB,
         [
             f"algorithm={algorithm}",
             f"output_dir={out}",

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from base_job import BASE_JOB
 from scipy.stats import binom
 
 from actors.launch import run_job
@@ -42,7 +43,7 @@ SCORE = [*SMALL, "data.max_length=256", "data.eval_fraction=0.3", "training.lr=1
 
 def run(pku_dir, tmp_path, name: str, *overrides: str):
     config = load_config(
-        None, [f"data.source={pku_dir}", f"output_dir={tmp_path / name}", f"algorithm={name}", *overrides]
+        BASE_JOB, [f"data.source={pku_dir}", f"output_dir={tmp_path / name}", f"algorithm={name}", *overrides]
     )
     result = run_job(config)
     return config, result, RunDir(config.output_dir)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from base_job import BASE_JOB
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from actors.launch import run_job
@@ -57,10 +58,10 @@ def _overrides(root, cost_path: str, steps: int) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_lag_run")
-    cost_path = resolve_models(load_config(None, ["models.tiny=true"]).models).constraints[0].path
-    first = run_job(load_config(None, _overrides(root, cost_path, steps=2)))
+    cost_path = resolve_models(load_config(BASE_JOB, ["models.tiny=true"]).models).constraints[0].path
+    first = run_job(load_config(BASE_JOB, _overrides(root, cost_path, steps=2)))
     history_after_first = json.loads((root / "dual.json").read_text())["history"]
-    second = run_job(load_config(None, _overrides(root, cost_path, steps=3)))
+    second = run_job(load_config(BASE_JOB, _overrides(root, cost_path, steps=3)))
     return RunDir(root), first, second, history_after_first
 
 
@@ -108,7 +109,7 @@ def test_checkpoints_load_with_transformers_and_hold_trained_weights(runs):
     names = sorted(p.name for p in out.path("checkpoints").iterdir() if not p.name.startswith("."))
     assert names == ["step_000002", "step_000003"]  # keep=2 pruned step_000001
     assert second["checkpoint"] == str(out.checkpoint("step_000003"))
-    policy = resolve_models(load_config(None, ["models.tiny=true"]).models).policy
+    policy = resolve_models(load_config(BASE_JOB, ["models.tiny=true"]).models).policy
     initial = AutoModelForCausalLM.from_pretrained(policy).state_dict()
     trained = AutoModelForCausalLM.from_pretrained(out.checkpoint("step_000003")).state_dict()
     assert initial.keys() == trained.keys()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from base_job import BASE_JOB
 from transformers import AutoTokenizer
 
 from actors.build import build_cluster
@@ -47,7 +48,7 @@ def _role_processes() -> set[int]:
 def test_one_cycle_on_the_two_rank_placement(ray_session, tiny_models, tmp_path):
     ray = ray_session
     config = load_config(
-        None,
+        BASE_JOB,
         [
             f"placement.file={CLUSTERS / 'local_cpu_2ranks.yaml'}",
             "training.zero_stage=3",

@@ -10,9 +10,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from base_job import BASE_JOB
 
+from actors.distributed import shard_batch
 from ray_align.algorithms.common import load_dataset
-from ray_align.algorithms.kto import Singletons, interleave, kto_batch, kto_weights, mismatched_partners
+from ray_align.algorithms.kto import Singletons, kto_batch, kto_weights, mismatched_partners, reference_point
 from ray_align.algorithms.pecan import pecan_margin, sample_pair_rows
 from ray_align.algorithms.sacpo import save_merged, step_beta, step_loss, step_order
 from ray_align.algorithms.score_models import ScorePairs, held_out_metrics, score_batch
@@ -23,7 +25,7 @@ from ray_align.losses.specs import KTOSpec
 
 
 def config(*overrides: str):
-    return load_config(None, list(overrides))
+    return load_config(BASE_JOB, list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------- load_dataset
@@ -56,46 +58,75 @@ def test_mismatched_partners_refuse_when_a_group_is_too_large():
         mismatched_partners(["a", "a", "a", "b"], seed=0)
 
 
-def test_interleave_alternates_and_checks_lengths():
-    assert interleave([1, 2, 3], ["x", "y", "z"]) == [1, "x", 2, "y", 3, "z"]
-    with pytest.raises(ValueError):
-        interleave([1], [])
-
-
 def _example(prompt: list[int], response: list[int]):
     return join_example(prompt, response)
 
 
-def test_kto_batch_layout_feeds_the_spec_its_reference_point():
-    """Two singletons (desirable, undesirable) with one response token each, so a row's sequence log-prob is
-    the single output at position 1 (response_mask[:, 1] = 1).
+class _TokenIdTrainer:
+    """A stand-in policy: every target token t gets log-prob −0.1·t, so a one-token response y has log π = −0.1·y."""
 
-    Reference log-probs: singletons (−1, −2), partners (−3, −4). Policy: singletons (−0.5, −2.5), partners
-    (−2, −4) → log-ratios r = (0.5, −0.5) and, on the partner rows, (1, 0): z0 = max(0, ½(1 + 0)) = 0.5.
-    β = 1, w₊ = 1, w₋ = 2: desirable 1·(1 − σ(0.5 − 0.5)) = 0.5; undesirable 2·(1 − σ(0.5 + 0.5)) = 2·σ(−1);
-    loss = mean = (0.5 + 2σ(−1)) / 2.
+    def logprobs(self, batch):
+        return -0.1 * batch["input_ids"][:, 1:].float()
+
+
+def _singletons(with_partners: bool) -> Singletons:
+    """Four singletons (prompt [1], responses 1, 3, 5, 7; desirable, undesirable, desirable, desirable) and their
+    partners, the same prompt with responses 2, 4, 6, 8."""
+    examples = [_example([1], [y]) for y in (1, 3, 5, 7)]
+    partners = [_example([1], [y]) for y in (2, 4, 6, 8)] if with_partners else None
+    return Singletons(examples, np.array([True, False, True, True]), partners)
+
+
+def test_kto_reference_point_is_the_whole_batch_estimate_in_every_micro_batch():
+    """z0 over the global batch, taken before the step. Partners: log π = (−0.2, −0.4, −0.6, −0.8), log π_ref =
+    (−0.5, −0.5, −0.5, −1.5), ratios (0.3, 0.1, −0.1, 0.7): z0 = max(0, 1.0/4) = 0.25. Two micro-batches of two
+    rows each would estimate 0.2 and 0.3 on their own; both now see 0.25 and no partner rows.
+
+    First micro-batch by hand (β = 1, w₊ = 1, w₋ = 2), policy log-probs (0.0, −1.0) against reference (−0.5, −0.5):
+    r = (0.5, −0.5); desirable 1 − σ(0.5 − 0.25) = σ(−0.25), undesirable 2·(1 − σ(0.25 + 0.5)) = 2σ(−0.75).
     """
-    data = Singletons(
-        [_example([1, 2], [3]), _example([1, 4], [5])],
-        np.array([True, False]),
-        [_example([1, 2], [5]), _example([1, 4], [3])],
-    )
-    batch = kto_batch(data, np.array([0, 1]), np.array([-1.0, -2.0]), np.array([-3.0, -4.0]), pad_id=0)
-    assert batch["kl_row"].tolist() == [False, True, False, True]
-    assert batch["ref_logps"].tolist() == [-1.0, -3.0, -2.0, -4.0]
-    assert batch["input_ids"][1].tolist() == [1, 2, 5]  # singleton 0's prompt, its partner's response
-    outputs = torch.zeros(4, 2)
-    outputs[:, 1] = torch.tensor([-0.5, -2.0, -2.5, -4.0])
-    loss, stats = KTOSpec(beta=1.0, desirable_weight=1.0, undesirable_weight=2.0)(outputs, batch)
-    sigmoid = 1.0 / (1.0 + math.exp(1.0))
-    assert loss.item() == pytest.approx((0.5 + 2 * sigmoid) / 2, rel=1e-6)
-    assert stats["kl"] == pytest.approx(0.5)
+    data, idx = _singletons(with_partners=True), np.arange(4)
+    ref, ref_partners = np.full(4, -0.5), np.array([-0.5, -0.5, -0.5, -1.5])
+    z0 = reference_point(_TokenIdTrainer(), data, idx, ref, ref_partners, pad_id=0, batch_size=4)
+    assert z0 == pytest.approx(0.25)
+    batch = kto_batch(data, idx, ref, z0, pad_id=0)
+    assert batch["input_ids"].shape[0] == 4 and "kl_row" not in batch
+    spec = KTOSpec(beta=1.0, desirable_weight=1.0, undesirable_weight=2.0)
+    outputs = torch.tensor([[0.0], [-1.0]])  # the policy's log-probs of each micro-batch's two rows
+    losses = []
+    for micro in shard_batch(batch, 2, paired=False):
+        loss, stats = spec(outputs, micro)
+        assert stats["kl"] == pytest.approx(0.25)
+        losses.append(loss.item())
+    sigmoid = 1.0 / (1.0 + math.exp(0.25)), 1.0 / (1.0 + math.exp(0.75))  # σ(−0.25), σ(−0.75)
+    assert losses[0] == pytest.approx((sigmoid[0] + 2 * sigmoid[1]) / 2, rel=1e-6)
 
 
-def test_kto_batch_without_partners_has_no_kl_rows():
-    data = Singletons([_example([1], [2]), _example([1], [3])], np.array([True, True]))
-    batch = kto_batch(data, np.array([1, 0]), np.array([-1.0, -2.0]), None, pad_id=0)
-    assert "kl_row" not in batch and batch["ref_logps"].tolist() == [-2.0, -1.0]
+def test_kto_reference_point_without_partners_uses_the_batch_and_is_clamped():
+    """kto.kl_estimate batch: the singletons themselves, log π = (−0.1, −0.3, −0.5, −0.7). Against log π_ref = 0
+    the mean ratio is −0.4, clamped to z0 = 0; against log π_ref = −0.6 it is 0.2."""
+    data, idx = _singletons(with_partners=False), np.arange(4)
+    trainer = _TokenIdTrainer()
+    assert reference_point(trainer, data, idx, np.zeros(4), None, pad_id=0, batch_size=4) == 0.0
+    z0 = reference_point(trainer, data, idx, np.full(4, -0.6), None, pad_id=0, batch_size=4)
+    assert z0 == pytest.approx(0.2)
+
+
+def test_kto_batch_orders_rows_by_index_and_carries_z0():
+    data = _singletons(with_partners=True)
+    batch = kto_batch(data, np.array([2, 0]), np.array([-1.0, -2.0, -3.0, -4.0]), 0.5, pad_id=0)
+    assert batch["ref_logps"].tolist() == [-3.0, -1.0] and batch["desirable"].tolist() == [True, True]
+    assert batch["input_ids"][:, 1].tolist() == [5, 1] and batch["kl_estimate"].item() == 0.5
+
+
+def test_kto_spec_needs_the_batch_reference_point():
+    batch = {
+        "response_mask": torch.ones(1, 1),
+        "ref_logps": torch.zeros(1),
+        "desirable": torch.tensor([True]),
+    }
+    with pytest.raises(ValueError, match="kl_estimate"):
+        KTOSpec(beta=1.0)(torch.zeros(1, 1), batch)
 
 
 def test_kto_weights_default_to_the_class_ratio():
@@ -138,7 +169,9 @@ def test_score_batch_labels_follow_the_row_order():
 def test_sacpo_steps_keep_their_coefficients_in_either_order():
     """Helpfulness always uses β, safety β/λ; sacpo.loss is the safety step's loss."""
     default = config("algorithm=sacpo", "sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025", "sacpo.loss=kto")
-    swapped = config("algorithm=sacpo", "sacpo.first=safety", "sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025")
+    swapped = config(
+        "algorithm=sacpo", "sacpo.first=safety", "sacpo.beta=0.1", "sacpo.beta_over_lambda=0.025"
+    )
     assert step_order(default) == ("helpfulness", "safety")
     assert step_order(swapped) == ("safety", "helpfulness")
     for c in (default, swapped):

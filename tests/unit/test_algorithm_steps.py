@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from base_job import BASE_JOB
 
 from ray_align.algorithms.caid import slack
 from ray_align.algorithms.preference import batches, labelled_pairs, split_example, steps_for
@@ -42,20 +43,20 @@ def test_caid_slack_averages_prompts_first():
 
 
 def test_dual_bounds_margin_threshold_and_mixed():
-    config = load_config(None, ["dual.constraints=[{name: safety, margin: 0.5}]"])
+    config = load_config(BASE_JOB, ["dual.constraints=[{name: safety, margin: 0.5}]"])
     assert dual_bounds(config, ["safety"]) == {"margin": [0.5], "threshold": None}
-    config = load_config(None, ["dual.constraints=[{name: safety, threshold: 0.2}]"])
+    config = load_config(BASE_JOB, ["dual.constraints=[{name: safety, threshold: 0.2}]"])
     # cost threshold E[c] ≤ 0.2 is the utility threshold E[g] ≥ −0.2
     assert dual_bounds(config, ["safety"]) == {"margin": None, "threshold": [-0.2]}
 
 
 def test_resolve_models_defaults(tmp_path):
-    config = load_config(None)
+    config = load_config(BASE_JOB)
     models = resolve_models(config.models, tiny_root=tmp_path / "tiny")
     assert models.reference == models.policy
     assert models.constraint_names == ["safety"] and models.constraints[0].path.endswith("cost")
     custom = load_config(
-        None,
+        BASE_JOB,
         [
             "models.tiny=false",
             "models.policy=/m/p",

@@ -34,8 +34,9 @@ def test_check_misspelt_key_exits_2_fast_without_ray(tmp_path):
 
 
 def test_check_imports_no_heavy_packages(tmp_path):
-    job = tmp_path / "empty.yaml"
-    job.write_text("")
+    """The preflight reads the dataset and the model folders, still without torch, Ray, vLLM or DeepSpeed."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"algorithm: sample_score\noutput_dir: {tmp_path / 'run'}\n")
     code = (
         f"import sys; from ray_align.cli import main; rc = main(['check', {str(job)!r}]);"
         "heavy = [m for m in ('ray', 'torch', 'vllm', 'deepspeed') if m in sys.modules]; print(heavy); sys.exit(rc)"

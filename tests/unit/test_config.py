@@ -109,7 +109,7 @@ def test_dotted_overrides_apply_with_yaml_types(tmp_path):
 
 
 def test_override_with_unknown_key_fails_like_the_file(tmp_path):
-    msg = _error(tmp_path, "", "dual.lrr=0.05")
+    msg = _error(tmp_path, "seed: 0\n", "dual.lrr=0.05")
     assert "dual.lrr: unknown key" in msg
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ray_align.losses import specs
-from ray_align.losses.policy import dpo_loss, kto_kl_estimate, kto_loss
+from ray_align.losses.policy import dpo_loss, kto_loss
 
 ALL_SPECS = [
     specs.DPOSpec(beta=0.1, label_smoothing=0.1, loss_type="ipo"),
@@ -59,27 +59,22 @@ def test_dpo_spec_passes_labels_and_rejects_odd_batches():
         )
 
 
-def test_kto_spec_with_and_without_mismatched_kl_rows():
-    """Rows 0..1 are examples, rows 2..3 mismatched pairs (kl_row): z0 comes from rows 2..3 only,
-    r = (0.5, 1.0) -> z0 = 0.75, and the loss equals kto_loss on rows 0..1 with that estimate."""
-    outputs = torch.tensor([[1.0], [-1.0], [0.5], [1.0]])
+def test_kto_spec_uses_the_batch_reference_point_it_is_given():
+    """z0 = 0.75 comes with the batch (the whole batch's estimate, taken before the step): the loss equals
+    kto_loss on the rows with that z0, whatever the rows' own log-ratios (1, −1) would estimate."""
+    outputs = torch.tensor([[1.0], [-1.0]])
     batch = {
-        "response_mask": torch.ones(4, 1),
-        "ref_logps": torch.zeros(4),
-        "desirable": torch.tensor([True, False, True, True]),
-        "kl_row": torch.tensor([False, False, True, True]),
+        "response_mask": torch.ones(2, 1),
+        "ref_logps": torch.zeros(2),
+        "desirable": torch.tensor([True, False]),
+        "kl_estimate": torch.tensor(0.75),
     }
-    spec = specs.KTOSpec(beta=1.0, undesirable_weight=2.0)
-    loss, stats = spec(outputs, batch)
+    loss, stats = specs.KTOSpec(beta=1.0, undesirable_weight=2.0)(outputs, batch)
     assert stats["kl"] == pytest.approx(0.75)
     expected, _ = kto_loss(
-        outputs[:2, 0], torch.zeros(2), batch["desirable"][:2], 1.0, undesirable_weight=2.0,
-        kl_estimate=kto_kl_estimate(outputs[2:, 0], torch.zeros(2)),
-    )  # fmt: skip
+        outputs[:, 0], torch.zeros(2), batch["desirable"], 1.0, undesirable_weight=2.0, kl_estimate=0.75
+    )
     assert loss.item() == pytest.approx(expected.item())
-    del batch["kl_row"]
-    _, stats = spec(outputs, batch)
-    assert stats["kl"] == pytest.approx((1.0 - 1.0 + 0.5 + 1.0) / 4)
 
 
 def test_ppo_spec_with_ptx_rows():

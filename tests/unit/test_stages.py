@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from base_job import BASE_JOB
+
 from ray_align.algorithms.stages import config_fingerprint, finished_stage, record_stage
 from ray_align.config import load_config
 from ray_align.run_dir import RunDir
 
 
 def _config(*overrides: str):
-    return load_config(None, ["algorithm=dpo", *overrides])
+    return load_config(BASE_JOB, ["algorithm=dpo", *overrides])
 
 
 def _finish(config, out: RunDir, stage: str) -> None:
