@@ -105,11 +105,12 @@ class DualCoordinator:
                 f"dual estimate contains NaN or inf: {estimate.tolist()}; check the scorers' outputs"
             )
         lam, self._state = self._rule.update(self._state, estimate)
-        summary = estimate.mean(axis=0) if estimate.ndim == 2 else estimate
+        if estimate.ndim == 2:  # episodes [n, m]; none in a repeated step (ppo.lambda_updates_per_rollout)
+            summary = estimate.mean(axis=0).tolist() if len(estimate) else None
+        else:
+            summary = estimate.tolist()
         step = self._history[-1]["step"] + 1
-        self._history.append(
-            {"step": step, "event": "update", "lam": lam.tolist(), "estimate": summary.tolist()}
-        )
+        self._history.append({"step": step, "event": "update", "lam": lam.tolist(), "estimate": summary})
         return lam
 
     def solve(

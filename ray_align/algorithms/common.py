@@ -6,6 +6,7 @@ Everything here talks to roles through ``ray_align.cluster.Cluster``; nothing im
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from ray_align.config.schema import JobConfig
 from ray_align.data import load_pku, prompts, split_train_eval
 from ray_align.dual.can import ScoredTable
 from ray_align.dual.table import table_from_long, write_scored_table
+from ray_align.progress import bar
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +132,37 @@ def prompt_token_ids(texts: list[str], config: JobConfig, tokenizer_path: str) -
 
 def sample_and_score(cluster: Cluster, prompt_ids: list[list[int]], sampling: Sampling) -> ScoredSamples:
     """Generate ``sampling.n`` responses per prompt through the generators, then score each (reward, costs)."""
-    rollouts = cluster.generator.generate(prompt_ids, sampling)
+    rollouts = generate_in_chunks(cluster, prompt_ids, sampling)
+    start = time.perf_counter()
     scores = np.asarray(cluster.scorer.score(rollouts.prompt_ids, rollouts.response_ids), dtype=np.float64)
+    logger.info("scored %d responses in %.1f s", len(rollouts), time.perf_counter() - start)
     if scores.ndim != 2 or scores.shape[1] != 1 + len(cluster.constraint_names):
         raise ValueError(
             f"scorer returned shape {scores.shape}; expected [n, 1 + {len(cluster.constraint_names)}]"
         )
     return ScoredSamples(rollouts, scores[:, 0], scores[:, 1:])
+
+
+SAMPLE_CHUNK = (
+    32  # prompts per generate call: the progress bar's unit (seeds stay per prompt, so results match)
+)
+
+
+def generate_in_chunks(cluster: Cluster, prompt_ids: list[list[int]], sampling: Sampling) -> Rollouts:
+    """``cluster.generator.generate`` over the whole list, in chunks, with a progress bar."""
+    parts, start = [], time.perf_counter()
+    with bar(len(prompt_ids), "sampling", unit="prompt") as progress:
+        for first in range(0, len(prompt_ids), SAMPLE_CHUNK):
+            chunk = prompt_ids[first : first + SAMPLE_CHUNK]
+            part = cluster.generator.generate(chunk, sampling, first_index=first)
+            parts.append(part)
+            progress.update(len(chunk))
+    rollouts = Rollouts.concat(parts, list(range(0, len(prompt_ids), SAMPLE_CHUNK)))
+    logger.info(
+        "sampled %d responses (%d prompts × %d) in %.1f s",
+        len(rollouts),
+        len(prompt_ids),
+        sampling.n,
+        time.perf_counter() - start,
+    )
+    return rollouts

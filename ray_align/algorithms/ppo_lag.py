@@ -8,10 +8,11 @@ Per RL step k = 1..ppo.steps:
     3. log π_old (the actor), log π_ref (the reference), values V_r and V_cj (one critic per stream)
     4. λ update: the coordinator's rule on this rollout's per-episode costs (safe_rlhf: one SGD step on log λ
        against the mean cost of the last 128 episodes); λ is then held constant in the actor step. As in the
-       reference trainer, the update comes before the actor step and sees this rollout's costs.
-    5. KL-shaped reward and cost streams, GAE on each, A = (A_r − Σ_j λ_j A_cj) / (1 + Σ_j λ_j)
-    6. ppo.ppo_epochs over the rollout in minibatches of training.batch_size: actor PPO-clip, critics
-       clipped value loss
+       reference trainer, the update comes before the actor step and sees this rollout's costs. With
+       ppo.lambda_updates_per_rollout = U > 1 the rule steps U times (dual_updates)
+    5. KL-shaped reward and cost streams, GAE on each, A = (A_r − Σ_j λ_j A_cj) / (1 + Σ_j λ_j) for each λ
+    6. ppo.ppo_epochs over the rollout in minibatches of training.batch_size: actor PPO-clip (the u-th λ for
+       the u-th of U equal shares of the minibatches), critics clipped value loss
     7. weight sync actor → generators
     8. metrics; every checkpoint.every steps (and at the end) actor, critics and dual state
 
@@ -23,6 +24,7 @@ continue from the next one. Optimizer moments and learning-rate schedules start 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -53,6 +55,7 @@ from ray_align.algorithms.rollout import (
     prompt_indices,
     save_checkpoint,
     sequence_kl,
+    with_lambda,
 )
 from ray_align.algorithms.rollout import resume_point as resume_from
 from ray_align.algorithms.stages import config_fingerprint
@@ -149,12 +152,12 @@ def rl_step(
     exp = collect_experience(cluster, actor, critics, samples, pad_id, concurrent=p.concurrent_calls)
     rollout_seconds = time.perf_counter() - began
     experience_seconds = time.perf_counter() - scored
-    # 4. λ from this rollout's per-episode costs; held constant below
-    lam = np.asarray(cluster.coordinator.update(dual_estimate(config.dual.rule, samples.costs)))
-    # 5. KL-shaped streams, GAE per stream, A = (A_r − Σλ_j A_cj)/(1 + Σλ_j)
+    # 4. λ from this rollout's per-episode costs: ppo.lambda_updates_per_rollout steps of the rule
+    lams = dual_updates(cluster.coordinator, config.dual.rule, samples.costs, p.lambda_updates_per_rollout)
+    # 5. KL-shaped streams, GAE per stream, A = (A_r − Σλ_j A_cj)/(1 + Σλ_j) for each λ
     targets = lagrangian_targets(
         exp,
-        lam,
+        lams[0],
         kl_coef=p.kl_coef,
         clip_range_score=p.clip_range_score,
         kl_in_cost=p.kl_in_cost,
@@ -162,21 +165,23 @@ def rl_step(
         gae_lambda=p.gae_lambda,
         whiten=p.whiten_advantages,
     )
-    # 6. PPO epochs: actor PPO-clip, critics clipped value loss
+    mask = exp.batch["response_mask"]
+    per_update = [targets] + [with_lambda(targets, lam, mask, p.whiten_advantages) for lam in lams[1:]]
+    # 6. PPO epochs: actor PPO-clip (λ_u for the u-th share of the minibatches), critics clipped value loss
     train_stats = ppo_epochs(
-        config, actor, critics, exp, targets, names, seed=config.seed + k, concurrent=p.concurrent_calls
+        config, actor, critics, exp, per_update, names, seed=config.seed + k, concurrent=p.concurrent_calls
     )
     # 7. weight sync actor → generators (the state dict gather is part of the cost)
     synced = time.perf_counter()
     sync = cluster.generator.update_weights(actor.state_dict())
-    response = exp.batch["response_mask"].bool()
+    response, lam = mask.bool(), lams[-1]
     return {
         "reward": float(samples.reward.mean()),
         **{f"cost_{n}": float(samples.costs[:, j].mean()) for j, n in enumerate(names)},
         **{f"lambda_{n}": float(lam[j]) for j, n in enumerate(names)},
         "kl": sequence_kl(exp),
         "response_length": response.sum(-1).float().mean().item(),
-        "advantage": targets.advantages[response].mean().item(),
+        "advantage": per_update[-1].advantages[response].mean().item(),
         **train_stats,
         "sync_seconds": time.perf_counter() - synced,
         "sync_engine_seconds": sync["seconds"],
@@ -206,10 +211,17 @@ def check_config(config: JobConfig, names: list[str]) -> np.ndarray:
         raise ValueError(
             f"ppo_lag updates λ from costs: dual.rule must be one of {DUAL_RULES}, got {config.dual.rule!r}"
         )
-    if config.ppo.rollout_batch_size % config.training.batch_size:
+    p = config.ppo
+    if p.rollout_batch_size % config.training.batch_size:
         raise ValueError(
-            f"ppo.rollout_batch_size ({config.ppo.rollout_batch_size}) must be a multiple of "
+            f"ppo.rollout_batch_size ({p.rollout_batch_size}) must be a multiple of "
             f"training.batch_size ({config.training.batch_size}), the rows of one optimizer step"
+        )
+    steps = p.ppo_epochs * (p.rollout_batch_size // config.training.batch_size)
+    if steps % p.lambda_updates_per_rollout:
+        raise ValueError(
+            f"ppo.lambda_updates_per_rollout ({p.lambda_updates_per_rollout}) must divide the {steps} optimizer "
+            "steps of a rollout (ppo.ppo_epochs × ppo.rollout_batch_size / training.batch_size)"
         )
     return np.array([by_name[n].threshold for n in names], dtype=np.float64)
 
@@ -217,6 +229,19 @@ def check_config(config: JobConfig, names: list[str]) -> np.ndarray:
 def dual_estimate(rule: str, costs: np.ndarray) -> np.ndarray:
     """What the coordinator's rule takes: per-episode costs [n, m] (safe_rlhf keeps its own window), else J_C [m]."""
     return costs if rule == "safe_rlhf" else costs.mean(axis=0)
+
+
+def dual_updates(coordinator, rule: str, costs: np.ndarray, updates: int) -> list[np.ndarray]:
+    """λ [m] after each of the rollout's ``updates`` rule steps (ppo.lambda_updates_per_rollout).
+
+    The first step takes this rollout's per-episode costs [B, m]; the others step again on the same estimate
+    (safe_rlhf: its window, which now holds this rollout; pid: the rollout's mean cost J_C). This is the
+    reference trainer's schedule: its rollout fills the window before training, then every optimizer step
+    takes one λ step. No step depends on the training, so all are taken before the actor's first step.
+    """
+    estimate = dual_estimate(rule, costs)
+    again = estimate[:0] if rule == "safe_rlhf" else estimate  # no new episodes for the window
+    return [np.asarray(coordinator.update(estimate if u == 0 else again)) for u in range(updates)]
 
 
 def rollout_sampling(config: JobConfig, step: int) -> Sampling:
@@ -254,20 +279,23 @@ def ppo_epochs(
     actor: PolicyTrainer,
     critics: list[PolicyTrainer],
     exp: Experience,
-    targets: Targets,
+    targets: Sequence[Targets],
     names: list[str],
     seed: int,
     concurrent: bool = True,
 ) -> dict[str, float]:
     """ppo.ppo_epochs shuffled passes over the rollout; per minibatch one actor step and one step per critic.
-    The actor's step and the critics' (in turn, as they share bundles) are issued together unless
-    ``concurrent`` is False (ppo.concurrent_calls)."""
+    ``targets`` holds one entry per λ update of the rollout: the u-th serves the u-th equal share of the
+    minibatches, in order. The actor's step and the critics' (in turn, as they share bundles) are issued
+    together unless ``concurrent`` is False (ppo.concurrent_calls)."""
     actor_spec = PPOSpec(clip_eps=config.ppo.clip_eps, ptx_coef=config.ppo.ptx_coef)
     value_spec = ValueSpec(clip=config.ppo.value_clip)
     critic_keys = ["reward_critic", *(f"cost_critic_{n}" for n in names)]
     stats = []
-    for idx in batches(len(exp), config.training.batch_size, config.ppo.ppo_epochs, seed):
-        actor_batch, critic_batches = minibatches(exp, targets, idx)
+    order = batches(len(exp), config.training.batch_size, config.ppo.ppo_epochs, seed)
+    per_update = len(order) // len(targets)
+    for step, idx in enumerate(order):
+        actor_batch, critic_batches = minibatches(exp, targets[step // per_update], idx)
         critic_steps = [
             partial(critic.train_step, batch, value_spec)
             for critic, batch in zip(critics, critic_batches, strict=True)

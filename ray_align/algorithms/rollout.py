@@ -4,6 +4,7 @@
     call_all              calls on different actors, issued together (the experience and training passes)
     collect_experience    one rollout → token tensors, old / reference log-probs, reward and cost values
     lagrangian_targets    KL-shaped streams → GAE per stream → the Lagrangian advantage and the critics' returns
+    with_lambda           the same targets for another λ (several λ updates per rollout)
     minibatches           the actor's and the critics' train batches for some rows of the rollout
     save_checkpoint / resume_point        actor, critics, fingerprint and dual state of one step; where to resume
 
@@ -17,7 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -184,10 +185,19 @@ def lagrangian_targets(
     ]
     adv_c = torch.stack([a for a, _ in per_cost], dim=-1)
     ret_c = torch.stack([g for _, g in per_cost], dim=-1)
-    advantages = lagrangian_advantage(adv_r, adv_c, torch.tensor(np.asarray(lam, dtype=np.float64)))
+    return with_lambda(Targets(adv_r, ret_r, ret_c, adv_r, adv_c), lam, mask, whiten)
+
+
+def with_lambda(
+    targets: Targets, lam: Sequence[float] | np.ndarray, mask: Tensor, whiten: bool = False
+) -> Targets:
+    """The targets for the multiplier λ [m]: A = (A_r − Σ_j λ_j A_cj) / (1 + Σ_j λ_j), whitened over the response
+    tokens ``mask`` [B, T-1] if asked. The streams' advantages and the critics' returns do not depend on λ."""
+    lam_t = torch.tensor(np.asarray(lam, dtype=np.float64))
+    advantages = lagrangian_advantage(targets.reward_advantages, targets.cost_advantages, lam_t)
     if whiten:
         advantages = masked_whiten(advantages, mask)
-    return Targets(advantages, ret_r, ret_c, adv_r, adv_c)
+    return replace(targets, advantages=advantages)
 
 
 def sequence_kl(exp: Experience) -> float:

@@ -31,15 +31,15 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a mapping with the same key twice."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        first_line: dict[Any, int] = {}
+        first: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             try:
-                seen = first_line.setdefault(key, key_node.start_mark.line + 1)
+                seen = first.setdefault(key, key_node)
             except TypeError:  # an unhashable key: the base class reports it
                 continue
-            if seen != key_node.start_mark.line + 1:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1, seen)
+            if seen is not key_node:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1, seen.start_mark.line + 1)
         return super().construct_mapping(node, deep)
 
 

@@ -95,6 +95,6 @@ def _other_configuration(root: Path, config: JobConfig) -> str | None:
     try:
         stored = load_config(root / CONFIG_FILE)
     except ConfigError as e:
-        return f"its {CONFIG_FILE} does not load in this version: {str(e).splitlines()[0]}"
+        return f"its {CONFIG_FILE} does not load in this version: {' '.join(str(e).split())[:240]}"
     diff = differences(stored, config)
     return "; ".join(diff) if diff else None

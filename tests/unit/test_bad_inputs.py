@@ -91,6 +91,11 @@ def models(tmp: Path, algorithm: str, lines: str, *overrides: str) -> Job:
     return Job(tmp, text.replace("algorithm: mocan", f"algorithm: {algorithm}"), overrides)
 
 
+def file(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    return path
+
+
 def data(tmp: Path, source: Path | str, *overrides: str) -> Job:
     return base(tmp, "", f"data.source={source}", *overrides)
 
@@ -120,11 +125,10 @@ CASES: list[tuple[str, tuple[str, ...], Callable[[Path], Job], tuple[str, ...]]]
     ("override malformed", ("check", "run"), lambda t: base(t, "", "dual..lr=3"), ("KEY.PATH=VALUE",)),
     ("override bad index", ("check", "run"), lambda t: base(t, "", "dual.constraints.5.margin=1"),
      ("not an index",)),
-    ("override duplicate key", ("check", "run"), lambda t: base(t, "", "dual.pid={kp: 1, kp: 2}"),
-     ("kp", "twice")),
+    ("override duplicate key", ("check", "run"),
+     lambda t: base(t, "", "dual.constraints.0={name: safety, margin: 1, margin: 2}"), ("margin", "twice")),
     # --- the algorithm's roles
-    ("algorithm not implemented", ("check", "run"), lambda t: base(t, "", "algorithm=sft"),
-     ("sft", "not implemented")),
+    ("unknown algorithm", ("check", "run"), lambda t: base(t, "", "algorithm=sft"), ("algorithm", "sft")),
     ("mocan without reward model", ("check", "run"),
      lambda t: models(t, "mocan", f"  costs: [{{name: safety, path: {checkpoint(t / 'cost')}}}]"),
      ("models.reward", "mocan")),
@@ -179,7 +183,7 @@ CASES: list[tuple[str, tuple[str, ...], Callable[[Path], Job], tuple[str, ...]]]
     ("dataset folder empty", ("check", "run"), lambda t: data(t, (t / "empty").mkdir() or t / "empty"),
      ("no .jsonl",)),
     ("dataset not UTF-8", ("check", "run"),
-     lambda t: data(t, (t / "d.jsonl").write_bytes(b'{"prompt": "\xff"}\n') and t / "d.jsonl"), ("UTF-8",)),
+     lambda t: data(t, file(t / "d.jsonl", b'{"prompt": "\xff"}\n')), ("UTF-8",)),
     ("eval split empty", ("check", "run"),
      lambda t: data(t, write_rows(t / "d.jsonl", [pku_row(0)]), "data.eval_fraction=0.5"),
      ("data.eval_fraction", "empty")),
@@ -202,10 +206,10 @@ CASES: list[tuple[str, tuple[str, ...], Callable[[Path], Job], tuple[str, ...]]]
                     "dual.rule=safe_rlhf", "ppo.rollout_batch_size=8",
                     f"placement.file={CLUSTERS / 'local_cpu_2ranks.yaml'}"), ("reference", "critic")),
     ("placement file invalid", ("check", "run"),
-     lambda t: base(t, "", f"placement.file={(t / 'p.yaml').write_text('roles: {judge: {}}') and t / 'p.yaml'}"),
+     lambda t: base(t, "", f"placement.file={file(t / 'p.yaml', 'roles: {judge: {}}')}"),
      ("invalid resources file",)),
     ("placement duplicate key", ("check", "run"),
-     lambda t: base(t, "", f"placement.file={(t / 'p.yaml').write_text('strategy: PACK\\nstrategy: SPREAD') and t / 'p.yaml'}"),
+     lambda t: base(t, "", "placement.file=" + str(file(t / "p.yaml", "strategy: PACK\nstrategy: SPREAD\n"))),
      ("strategy", "twice")),
     ("GPUs on a CPU machine", ("check", "run"), lambda t: base(t, "", f"placement.file={CLUSTERS / 'gpu_8x.yaml'}"),
      ("GPUs", "local_cpu.yaml")),
@@ -268,6 +272,7 @@ def test_bad_input_exits_2_with_a_message_and_nothing_started(
     before = _snapshot(job.out)
     rc = main([command, str(path), *job.overrides])
     err = capsys.readouterr().err
+    print(err)
     assert rc == 2, err
     assert err.startswith("error: ") and "Traceback" not in err
     for word in words:

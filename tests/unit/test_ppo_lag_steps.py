@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from actors.coordinator import DualCoordinator, DualRuleSpec
 from ray_align.algorithms.ppo_lag import (
     check_config,
     checkpoint_fingerprint,
     dual_estimate,
+    dual_updates,
+    ppo_epochs,
     resume_point,
     rollout_sampling,
 )
+from ray_align.algorithms.preference import batches
 from ray_align.algorithms.rollout import (
     Experience,
     call_all,
@@ -25,6 +29,7 @@ from ray_align.algorithms.rollout import (
     prompt_indices,
     ragged_to_tokens,
     sequence_kl,
+    with_lambda,
 )
 from ray_align.config import JobConfig
 from ray_align.config.load import apply_override, parse_override
@@ -273,3 +278,73 @@ def test_resume_needs_a_checkpoint_of_the_same_settings_and_starts_over_otherwis
     assert resume_point(config, out) is None and not out.checkpoint("step_000003").exists()
     _step_checkpoint(out, 4, checkpoint_fingerprint(config))
     assert resume_point(_config("checkpoint.resume=false"), out) is None
+
+
+def test_several_lambda_updates_per_rollout_step_again_on_the_filled_window():
+    """safe_rlhf, lr 0.1, λ_0 = 1, d = 0, window 8; the rollout's episode costs (1, 3) fill the window (Ĵ = 2) at
+    the first of U = 3 updates, the other two step on the same Ĵ (no new episodes), log λ ← log λ + 0.1·2·λ:
+        log λ_1 = 0.2,  log λ_2 = 0.2 + 0.2·1.221403 = 0.444281,  log λ_3 = 0.444281 + 0.2·1.559366 = 0.756154.
+    The pure rule fed (costs, [], []) gives the same sequence; the coordinator records 3 updates."""
+    spec = DualRuleSpec(names=("safety",), rule="safe_rlhf", lam_init=1.0, lam_max=100.0, lr=0.1, window=8)
+    coordinator, costs = DualCoordinator(spec), np.array([[1.0], [3.0]])
+    lams = dual_updates(coordinator, "safe_rlhf", costs, 3)
+    np.testing.assert_allclose(np.log([lam[0] for lam in lams]), [0.2, 0.444281, 0.756154], atol=1e-6)
+    rule = rules.safe_rlhf_log_lambda(0.1, 1.0, 100.0, 0.0, window=8)
+    state, expected = rule.init(1), []
+    for batch in (costs, costs[:0], costs[:0]):
+        lam, state = rule.update(state, batch)
+        expected.append(lam)
+    np.testing.assert_array_equal(lams, expected)
+    history = coordinator.history()[1:]
+    assert [h["step"] for h in history] == [1, 2, 3] and [h["estimate"] for h in history] == [
+        [2.0],
+        None,
+        None,
+    ]
+    # one update keeps today's behaviour: a single step on this rollout's costs
+    assert np.log(dual_updates(DualCoordinator(spec), "safe_rlhf", costs, 1)[0][0]) == pytest.approx(0.2)
+
+
+def test_pid_repeats_its_step_on_the_rollout_mean_cost():
+    """pid (K_P = K_D = 0, K_I = lr = 0.1, λ_0 = 1, d = 0), J_C = mean(1, 3) = 2 at each of 3 updates:
+    λ = 1.2, 1.4, 1.6."""
+    spec = DualRuleSpec(names=("safety",), rule="pid", lam_init=1.0, lam_max=5.0, lr=0.1, pid={"kp": 0.0})
+    lams = dual_updates(DualCoordinator(spec), "pid", np.array([[1.0], [3.0]]), 3)
+    np.testing.assert_allclose([lam[0] for lam in lams], [1.2, 1.4, 1.6])
+
+
+class _Recorder:
+    """A trainer that keeps the batches of its steps."""
+
+    def __init__(self):
+        self.batches = []
+
+    def train_step(self, batch, spec):
+        self.batches.append(batch)
+        return {"loss": 0.0, "grad_norm": 0.0, "lr": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "ratio": 1.0}
+
+
+def test_each_lambda_serves_its_share_of_the_minibatch_steps_in_order():
+    """2 rollouts, minibatches of 1, 2 PPO epochs: 4 actor steps. With U = 2 updates λ = (1, 3) the first two
+    steps train on A at λ = 1, the last two on A at λ = 3 (row by row, whatever the shuffle); the critics' returns
+    are the same for both."""
+    exp = _experience(1)
+    per_update = [_targets(exp, [1.0]), with_lambda(_targets(exp, [1.0]), [3.0], exp.batch["response_mask"])]
+    torch.testing.assert_close(per_update[1].advantages, _targets(exp, [3.0]).advantages)
+    config = _config("ppo.rollout_batch_size=2", "training.batch_size=1", "ppo.ppo_epochs=2")
+    actor, critics = _Recorder(), [_Recorder(), _Recorder()]
+    ppo_epochs(config, actor, critics, exp, per_update, ["safety"], seed=0, concurrent=False)
+    order = batches(2, 1, 2, seed=0)
+    assert len(actor.batches) == 4
+    for step, (idx, batch) in enumerate(zip(order, actor.batches)):
+        torch.testing.assert_close(batch["advantages"], per_update[step // 2].advantages[idx])
+        torch.testing.assert_close(critics[0].batches[step]["returns"], per_update[0].reward_returns[idx])
+
+
+def test_lambda_updates_must_divide_the_optimizer_steps_of_a_rollout():
+    """ppo_epochs 2 × rollout 8 / batch 4 = 4 steps: U = 4 (one per step, the reference trainer) and 2 pass, 3 not."""
+    base = ("ppo.rollout_batch_size=8", "training.batch_size=4", "ppo.ppo_epochs=2")
+    for updates in (1, 2, 4):
+        check_config(_config(*base, f"ppo.lambda_updates_per_rollout={updates}"), ["safety"])
+    with pytest.raises(ValueError, match="lambda_updates_per_rollout"):
+        check_config(_config(*base, "ppo.lambda_updates_per_rollout=3"), ["safety"])
