@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 
 from ray_align.dual import rules
 from ray_align.dual.can import DualSolution, ScoredTable, cap_solution, solve_dual
+from ray_align.run_dir import atomic_write_text
 
 if TYPE_CHECKING:
     from ray_align.config.schema import DualConfig
@@ -177,13 +176,8 @@ class DualCoordinator:
             "state": rules.state_to_dict(self._state),
             "history": self._history,
         }
-        path_obj = Path(path)
-        path_obj.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path_obj.parent, prefix=".dual-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, default=_jsonable)
-        os.replace(tmp, path_obj)
-        return str(path_obj)
+        # atomic, and with the permissions of the run's other files (run_dir.atomic_write_text)
+        return str(atomic_write_text(path, json.dumps(payload, default=_jsonable)))
 
     def restore(self, path: str) -> np.ndarray:
         payload = json.loads(Path(path).read_text())

@@ -112,6 +112,24 @@ def evaluate(
 ) -> dict[str, Any]:
     """Sample, score and summarise; writes the outputs into ``out`` and returns the summary (eval.json)."""
     frame = sample_policies(config, models, policies, prompts)
+    return write_evaluation(
+        config, models, frame, policies, prompts, out, targets=targets, reference=reference
+    )
+
+
+def write_evaluation(
+    config: JobConfig,
+    models: ResolvedModels,
+    frame: pd.DataFrame,
+    policies: Sequence[PolicyToEvaluate],
+    prompts: PromptSet,
+    out: Path,
+    *,
+    targets: Sequence[ConstraintTarget] = (),
+    reference: str | None = REFERENCE,
+) -> dict[str, Any]:
+    """Summarise an evaluation frame; writes samples.parquet, eval.json, eval.md and the score plot into ``out``
+    and returns the summary (a sweep samples π_ref once and calls this per point)."""
     _write_parquet(frame, out / "samples.parquet")
     e = config.eval
     summary = summarize(

@@ -49,7 +49,9 @@ def _own_error(error: BaseException, text: str) -> str:
     if getattr(error, "actor_init_failed", False):
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return f"its constructor raised {lines[-1]}" if lines else "its constructor raised an error"
-    detail = re.search(r"Worker exit type: (\S+) Worker exit detail: (.*?)(?: Some common causes|$)", text, re.S)
+    detail = re.search(
+        r"Worker exit type: (\S+) Worker exit detail: (.*?)(?: Some common causes|$)", text, re.S
+    )
     if detail:
         return (
             f"its process ended ({detail.group(1)}: {detail.group(2).strip()}): killed, out of memory, "

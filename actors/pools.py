@@ -66,7 +66,7 @@ class GeneratorPool:
         """Object-store weight sync: ``ray.put`` once, every engine reloads from the same reference."""
         stats = broadcast_state_dict(self.handles, state_dict)
         self.sync_history.append(stats)
-        logger.info(
+        logger.debug(
             "weights to %d engines: %.0f bytes in %.3f s (put %.3f s)",
             len(self.handles),
             stats["bytes"],

@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_cmd_check)
 
-    run = sub.add_parser("run", help="run a job (the built-in quickstart when no file is given)")
+    # allow_abbrev=False: a misspelt flag (--overwrit) is an error, never taken for --overwrite
+    run = sub.add_parser(
+        "run", help="run a job (the built-in quickstart when no file is given)", allow_abbrev=False
+    )
     run.add_argument("job", nargs="?", default=None, help="job YAML file (default: the built-in quickstart)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. dual.lr=0.05")
     run.add_argument(
@@ -103,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ray_align.eval.command import add_eval_parser
 
     add_eval_parser(sub)
+    from ray_align.sweep.command import add_sweep_parser
+
+    add_sweep_parser(sub)
     try:
         from ray_align.dual.cli import add_dual_parser
     except ImportError:  # pragma: no cover - the dual package is part of every install

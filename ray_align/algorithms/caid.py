@@ -148,6 +148,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
             lam = np.asarray(cluster.coordinator.update(u))
             record["next_lambda"] = lam.tolist()
             out.log_metrics(it, "caid", record)
+            logger.info(iteration_line(it + 1, c.iterations, names, record))
             history.append(record)
             every = config.checkpoint.every
             if every and ((it + 1) % every == 0 or it + 1 == c.iterations):
@@ -181,3 +182,12 @@ def save_iteration(config: JobConfig, out: RunDir, done: int, trainer, coordinat
     atomic_write_text(path / FINGERPRINT_FILE, config_fingerprint(config))  # before the dual state
     coordinator.save(str(path / DUAL_FILE))
     out.prune_checkpoints(ITER_PREFIX, config.checkpoint.keep)
+
+
+def iteration_line(done: int, total: int, names: list[str], record: dict) -> str:
+    """``caid iteration 2/4 · λ safety 1.21 → 1.35 · slack safety -0.028 · reward 0.412``."""
+    lam = ", ".join(
+        f"{n} {a:.3g} → {b:.3g}" for n, a, b in zip(names, record["lambda"], record["next_lambda"])
+    )
+    slack = ", ".join(f"{n} {u:.3g}" for n, u in zip(names, record["slack"]))
+    return f"caid iteration {done}/{total} · λ {lam} · slack {slack} · reward {record['mean_reward']:.3g}"

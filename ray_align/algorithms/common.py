@@ -135,7 +135,7 @@ def sample_and_score(cluster: Cluster, prompt_ids: list[list[int]], sampling: Sa
     rollouts = generate_in_chunks(cluster, prompt_ids, sampling)
     start = time.perf_counter()
     scores = np.asarray(cluster.scorer.score(rollouts.prompt_ids, rollouts.response_ids), dtype=np.float64)
-    logger.info("scored %d responses in %.1f s", len(rollouts), time.perf_counter() - start)
+    logger.debug("scored %d responses in %.1f s", len(rollouts), time.perf_counter() - start)
     if scores.ndim != 2 or scores.shape[1] != 1 + len(cluster.constraint_names):
         raise ValueError(
             f"scorer returned shape {scores.shape}; expected [n, 1 + {len(cluster.constraint_names)}]"
@@ -158,7 +158,7 @@ def generate_in_chunks(cluster: Cluster, prompt_ids: list[list[int]], sampling: 
             parts.append(part)
             progress.update(len(chunk))
     rollouts = Rollouts.concat(parts, list(range(0, len(prompt_ids), SAMPLE_CHUNK)))
-    logger.info(
+    logger.debug(
         "sampled %d responses (%d prompts × %d) in %.1f s",
         len(rollouts),
         len(prompt_ids),

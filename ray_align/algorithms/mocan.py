@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from transformers import AutoTokenizer
 
 from ray_align.algorithms.common import (
+    ScoredSamples,
     load_dataset,
     prompt_texts,
     prompt_token_ids,
@@ -21,13 +24,14 @@ from ray_align.algorithms.common import (
     tokenize_options,
 )
 from ray_align.algorithms.dpo import dpo_run
-from ray_align.algorithms.preference import labelled_pairs, split_example
+from ray_align.algorithms.preference import Example, labelled_pairs, split_example
 from ray_align.algorithms.sample_score import dual_bounds
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.data import helpfulness_pairs, tokenize_pairs
 from ray_align.data.formatting import join_example
-from ray_align.dual.predict import predict
+from ray_align.dual.can import ScoredTable
+from ray_align.dual.predict import Prediction, predict
 from ray_align.labels import mocan_labels
 from ray_align.run_dir import RunDir
 
@@ -69,29 +73,60 @@ def dataset_pairs_scored(cluster: Cluster, ds, tokenizer, config: JobConfig):
     return first, second, (r0, r1, g0, g1)
 
 
-def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
+@dataclass
+class Reference:
+    """What every λ shares: π_ref's scored samples (the dual's table) and the scored pairs to relabel.
+
+    The sweep (ray_align/sweep) computes this once and trains one policy per margin from it."""
+
+    samples: ScoredSamples
+    first: list[Example]
+    second: list[Example]
+    scores: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # r0, r1, g0, g1 of the pairs
+
+    def table(self) -> ScoredTable:
+        return self.samples.table()
+
+
+def reference_part(config: JobConfig, cluster: Cluster, out: RunDir) -> Reference:
+    """Steps 1 and 3: sample and score π_ref (written to tables/reference_samples.parquet), score the pairs."""
     names = cluster.constraint_names
     train, _ = load_dataset(config)
-    tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
-    # 1. sample and score π_ref
     texts = prompt_texts(train, config.can.num_prompts)
     ids = prompt_token_ids(texts, config, cluster.policy_path)
     samples = sample_and_score(cluster, ids, sampling_from(config, n=config.can.samples_per_prompt))
     samples.write(out.path("tables", "reference_samples.parquet"), texts, names)
-    # 2. λ*
-    table = samples.table()
+    if config.can.pairs == "samples":
+        first, second, scores = sample_pairs(samples, ids)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
+        first, second, scores = dataset_pairs_scored(cluster, train, tokenizer, config)
+    return Reference(samples, first, second, scores)
+
+
+def optimal_dual(config: JobConfig, cluster: Cluster, reference: Reference) -> tuple[np.ndarray, Prediction]:
+    """Step 2: λ* from the coordinator, and what π_λ* is predicted to score on the reference table."""
+    names = cluster.constraint_names
+    table = reference.table()
     solution = cluster.coordinator.solve(table, config.can.beta, **dual_bounds(config, names))
     lam = np.asarray(solution.lam)
-    prediction = predict(table, config.can.beta, lam)
-    # 3-4. pairs and pseudo-preference labels
-    if config.can.pairs == "samples":
-        first, second, (r0, r1, g0, g1) = sample_pairs(samples, ids)
-    else:
-        first, second, (r0, r1, g0, g1) = dataset_pairs_scored(cluster, train, tokenizer, config)
+    return lam, predict(table, config.can.beta, lam)
+
+
+def train_at(
+    config: JobConfig,
+    cluster: Cluster,
+    out: RunDir,
+    reference: Reference,
+    lam: np.ndarray,
+    prediction: Prediction,
+) -> dict:
+    """Steps 4-5: relabel the pairs by r + λᵀg, one DPO run from π_ref; writes and returns the result."""
+    names = cluster.constraint_names
+    r0, r1, g0, g1 = reference.scores
     soft = config.can.label == "soft"
     labels = mocan_labels(r0, r1, g0, g1, lam, rng=config.seed, soft=soft)
-    pairs = labelled_pairs(first, second, labels, soft)
-    # 5. one DPO run from π_ref
+    pairs = labelled_pairs(reference.first, reference.second, labels, soft)
     checkpoint, stats = dpo_run(
         config,
         cluster,
@@ -113,3 +148,9 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     }
     out.write_result(result)
     return result
+
+
+def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
+    reference = reference_part(config, cluster, out)  # 1, 3
+    lam, prediction = optimal_dual(config, cluster, reference)  # 2
+    return train_at(config, cluster, out, reference, lam, prediction)  # 4-5

@@ -24,6 +24,8 @@ safety preference, so m = 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from transformers import AutoTokenizer
 
@@ -40,7 +42,7 @@ from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.data import tokenizer_pad_id
 from ray_align.data.formatting import join_example
-from ray_align.dual.predict import predict
+from ray_align.dual.predict import Prediction, predict
 from ray_align.labels import pecan_labels
 from ray_align.run_dir import RunDir
 
@@ -125,8 +127,22 @@ def preference_policies(config: JobConfig, cluster: Cluster, out: RunDir, train,
     return policies
 
 
-def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
-    name, margin = pecan_margin(config)
+@dataclass
+class Reference:
+    """What every margin shares: DPO_H and DPO_S, π_ref's samples scored by β·h (the dual's table), and the
+    implicit scores of the pairs to relabel. The sweep (ray_align/sweep) computes this once per sweep."""
+
+    policies: dict[str, str]
+    samples: ScoredSamples  # reward β h_r, cost −β h_g
+    first: list[Example]
+    second: list[Example]
+    h_r: tuple[np.ndarray, np.ndarray]  # of (y0, y1)
+    h_g: tuple[np.ndarray, np.ndarray]
+
+
+def reference_part(config: JobConfig, cluster: Cluster, out: RunDir) -> Reference:
+    """Steps 1-3 and the table of step 4 (tables/pecan_samples.parquet): everything before λ*."""
+    name = config.dual.constraints[0].name
     beta = config.can.beta
     train, _ = load_dataset(config)
     tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
@@ -147,26 +163,44 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         policy_s=policies["safety"],
     )
     n, p = len(sampled), len(first)
-    # 4. the dual on the samples with r = β h_r, g = β h_g (stored on the cost scale, −g)
+    # 4. the dual's table: r = β h_r, g = β h_g (stored on the cost scale, −g)
     samples = ScoredSamples(rollouts, beta * h_r[:n], -beta * h_g[:n, None])
     samples.write(out.path("tables", "pecan_samples.parquet"), texts, [name])
-    table = samples.table()
-    lam = np.asarray(cluster.coordinator.solve(table, beta, margin=[margin]).lam)
-    prediction = predict(table, beta, lam)
-    # 5. relabel (y0, y1): Δ = (y1) − (y0)
     y0, y1 = slice(n, n + p), slice(n + p, n + 2 * p)
+    return Reference(policies, samples, first, second, (h_r[y0], h_r[y1]), (h_g[y0], h_g[y1]))
+
+
+def optimal_dual(config: JobConfig, cluster: Cluster, reference: Reference) -> tuple[np.ndarray, Prediction]:
+    """Step 4: λ* on the β·h table, and the prediction for π_λ* (in β·h units)."""
+    _, margin = pecan_margin(config)
+    table = reference.samples.table()
+    lam = np.asarray(cluster.coordinator.solve(table, config.can.beta, margin=[margin]).lam)
+    return lam, predict(table, config.can.beta, lam)
+
+
+def train_at(
+    config: JobConfig,
+    cluster: Cluster,
+    out: RunDir,
+    reference: Reference,
+    lam: np.ndarray,
+    prediction: Prediction,
+) -> dict:
+    """Steps 5-6: relabel (y0, y1) with Δ = (y1) − (y0), one DPO run from π_ref; writes and returns the result."""
+    name, _ = pecan_margin(config)
+    beta = config.can.beta
+    (h_r0, h_r1), (h_g0, h_g1) = reference.h_r, reference.h_g
     soft = config.can.label == "soft"
     labels = pecan_labels(
-        h_r[y0], h_r[y1], h_g[y0], h_g[y1], lam, beta, form=config.can.pecan_label, rng=config.seed, soft=soft
+        h_r0, h_r1, h_g0, h_g1, lam, beta, form=config.can.pecan_label, rng=config.seed, soft=soft
     )
-    # 6. one DPO run from π_ref
-    pairs = labelled_pairs(first, second, labels, soft)
+    pairs = labelled_pairs(reference.first, reference.second, labels, soft)
     checkpoint, stats = dpo_run(
         config, cluster, out, model_path=cluster.policy_path, pairs=pairs, beta=beta, stage="pecan_dpo"
     )
     result = {
         "checkpoint": checkpoint,
-        "policies": policies,
+        "policies": reference.policies,
         "lambda": {name: float(lam[0])},
         "predicted": {
             "reward": prediction.reward,
@@ -174,9 +208,16 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
             "kl": prediction.kl,
         },
         "label_form": config.can.pecan_label,
-        "pairs": p,
+        "pairs": len(pairs),
         "preferred_second": float(np.mean(labels)),
         **stats,
     }
     out.write_result(result)
     return result
+
+
+def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
+    pecan_margin(config)  # refuse a bad constraint before any training
+    reference = reference_part(config, cluster, out)  # 1-3
+    lam, prediction = optimal_dual(config, cluster, reference)  # 4
+    return train_at(config, cluster, out, reference, lam, prediction)  # 5-6

@@ -16,13 +16,16 @@ Per RL step k = 1..ppo.steps:
     7. weight sync actor → generators
     8. metrics; every checkpoint.every steps (and at the end) actor, critics and dual state
 
-Resume: with checkpoint.resume and a complete step checkpoint of the same settings (the config's fingerprint, less
-ppo.steps) in the run folder, the actor and the critics restart from its weights and the coordinator from its dual state (λ, the cost window, the history); steps
-continue from the next one. Optimizer moments and learning-rate schedules start fresh. See docs/methods-ppo-lag.md.
+Resume: with checkpoint.resume and a complete step checkpoint written with the same settings (the config's
+fingerprint, less ppo.steps) in the run folder, the actor and the critics restart from its weights and the
+coordinator from its dual state (λ, the cost window, the history); steps continue from the next one. Optimizer
+moments and learning-rate schedules start fresh. Checkpoints of other settings are deleted and the run starts
+over, as CAID's. See docs/methods-ppo-lag.md.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -63,11 +66,18 @@ from ray_align.cluster import Cluster, PolicyTrainer, Sampling
 from ray_align.config.schema import JobConfig
 from ray_align.data.formatting import tokenizer_pad_id
 from ray_align.losses.specs import PPOSpec, ValueSpec
+from ray_align.progress import step_line
 from ray_align.run_dir import RunDir
 
+logger = logging.getLogger(__name__)
 ROLES = ("generator", "scorer", "trainer", "reference", "critic")
 STAGE = "ppo_lag"
 DUAL_RULES = ("safe_rlhf", "pid", "constant")  # the cost-form rules (ray_align.dual.rules)
+
+
+def console_keys(names: list[str]) -> tuple[str, ...]:
+    """What one console line per RL step shows: reward, each cost and λ, KL, seconds."""
+    return ("reward", *(f"cost_{n}" for n in names), *(f"lambda_{n}" for n in names), "kl", "step_seconds")
 
 
 def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
@@ -92,6 +102,8 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
                 metrics = rl_step(k, config, cluster, out, actor, critics, texts, prompt_ids, pad_id)
                 # 8. metrics; checkpoints every checkpoint.every steps and at the end
                 out.log_metrics(k, STAGE, metrics)
+                if k % config.logging.every == 0 or k == p.steps:
+                    logger.info(step_line(STAGE, k, p.steps, metrics, console_keys(names)))
                 every = config.checkpoint.every
                 if k == p.steps or (every and k % every == 0):
                     keep = config.checkpoint.keep

@@ -39,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 STEP_PREFIX = "step_"
 DUAL_FILE = "dual.json"  # written last into a step's checkpoint: its presence marks the checkpoint complete
-FINGERPRINT_FILE = (
-    "config_fingerprint"  # the settings a checkpoint was written with (stages.config_fingerprint)
-)
+FINGERPRINT_FILE = "config_fingerprint"  # the settings a checkpoint was written with (config_fingerprint)
 
 
 def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> np.ndarray:

@@ -95,11 +95,10 @@ def save_merged(step1: str, step2: str, q: float, target: Path) -> str:
     return str(target)
 
 
-def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
-    train, _ = load_dataset(config)
-    first, second = step_order(config)
-    # 1. step 1 from π_ref
-    step1, stats1 = align_step(
+def first_step(config: JobConfig, cluster: Cluster, out: RunDir, train) -> tuple[str, dict]:
+    """Step 1 from π_ref: (checkpoint, stats). The sweep shares it between points that differ in step 2 only."""
+    first, _ = step_order(config)
+    return align_step(
         config,
         cluster,
         out,
@@ -108,6 +107,13 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         model_path=cluster.policy_path,
         stage=f"sacpo_1_{first}",
     )
+
+
+def second_step_and_merges(
+    config: JobConfig, cluster: Cluster, out: RunDir, train, step1: str, stats1: dict
+) -> dict:
+    """Steps 2-3 from the step-1 checkpoint; writes and returns the result."""
+    first, second = step_order(config)
     # 2. step 2 from the step-1 model, which is now the reference
     step2, stats2 = align_step(
         config, cluster, out, train, preference=second, model_path=step1, stage=f"sacpo_2_{second}"
@@ -125,3 +131,9 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     }
     out.write_result(result)
     return result
+
+
+def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
+    train, _ = load_dataset(config)
+    step1, stats1 = first_step(config, cluster, out, train)  # 1. from π_ref
+    return second_step_and_merges(config, cluster, out, train, step1, stats1)  # 2-3

@@ -53,9 +53,7 @@ def finished_stage(config: JobConfig, out: RunDir, stage: str) -> tuple[str, dic
         if info.get("config") != config_fingerprint(config):
             logger.info("stage %s was finished with other settings; training it again", stage)
         elif not checkpoint.is_dir():
-            logger.warning(
-                "stage %s is recorded as finished but %s is missing; training it again", stage, checkpoint
-            )
+            logger.warning("stage %s is recorded as finished but %s is missing; training it again", stage, checkpoint)
         else:
             logger.info("stage %s finished in an earlier attempt; reusing %s", stage, checkpoint)
             return str(checkpoint), {**info.get("stats", {}), "resumed": True}

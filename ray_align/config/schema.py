@@ -185,9 +185,9 @@ class PPOConfig(Section):
     gamma: float = Field(default=1.0, ge=0.0, le=1.0)
     gae_lambda: float = Field(default=0.95, ge=0.0, le=1.0)
     ptx_coef: float = Field(default=0.0, ge=0.0)  # the reference script uses 16 with a PTX dataset
-    # λ updates per rollout, each before the next ppo_epochs × rollout_batch_size / batch_size ÷ this many
-    # optimizer steps; the first adds the rollout's episode costs to the rule's estimate, the others step again
-    # on it. 1: once per rollout; one per optimizer step is the reference trainer's (docs/methods-ppo-lag.md).
+    # λ updates per rollout: the first adds the rollout's episode costs to the rule's estimate, the others step
+    # again on it, and the u-th λ serves the u-th equal share of the minibatch steps. 1: once per rollout; one
+    # per optimizer step (ppo_epochs × rollout_batch_size / batch_size) is the reference trainer's schedule.
     lambda_updates_per_rollout: int = Field(default=1, gt=0)
     # The reference trainer does not whiten advantages; True standardises the combined Lagrangian advantage
     # over the rollout (a shift and a scale: the policy's fixed point is unchanged).
@@ -202,7 +202,9 @@ class PPOConfig(Section):
     @classmethod
     def _no_ptx_data(cls, value: float) -> float:
         if value > 0:
-            raise ValueError("set 0: no PTX (pre-training) dataset is wired into ppo_lag yet, the actor loss is PPO only")
+            raise ValueError(
+                "set 0: no PTX (pre-training) dataset is wired into ppo_lag yet, the actor loss is PPO only"
+            )
         return value
 
 

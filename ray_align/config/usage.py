@@ -56,7 +56,8 @@ def unused_options(config: Any) -> str | None:
                 unused.append(f"{option} (read by {', '.join(read_by)})")
     if not unused:
         return None
+    them = "it" if len(unused) == 1 else "them"
     return (
-        f"algorithm '{config.algorithm}' never reads {'; '.join(unused)}: remove them, or set the algorithm "
-        "that reads them"
+        f"algorithm '{config.algorithm}' never reads {'; '.join(unused)}: remove {them}, or set the algorithm "
+        f"that reads {them}"
     )

@@ -17,7 +17,6 @@ from typing import Any
 
 from ray_align.config.schema import JobConfig
 from ray_align.errors import UserError
-from ray_align.eval.collect import PolicyToEvaluate
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,10 @@ def job_config(args: argparse.Namespace, policies: list[PolicyArg]) -> JobConfig
     return config.model_copy(update={"eval": config.eval.model_copy(update=updates)}) if updates else config
 
 
-def policies_to_evaluate(policies: list[PolicyArg], reference: str | None) -> list[PolicyToEvaluate]:
-    """The reference first (unless None), then the arguments; names must be distinct."""
+def policies_to_evaluate(policies: list[PolicyArg], reference: str | None) -> list:
+    """The reference first (unless None), then the arguments, as PolicyToEvaluate; names must be distinct."""
+    from ray_align.eval.collect import PolicyToEvaluate  # imports torch: only once evaluating
+
     found = ([PolicyToEvaluate("reference", reference)] if reference else []) + [
         PolicyToEvaluate(p.name, p.checkpoint) for p in policies
     ]

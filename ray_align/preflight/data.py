@@ -29,7 +29,9 @@ def check_data(config: JobConfig, found: Findings) -> None:
 
     source = data_source(config)
     if (config.data.source or "").startswith("builtin:") and not Path(source).is_file():
-        found.problem(f"data.source: no built-in dataset '{config.data.source}'; use builtin:mini_safety or builtin:quickstart, or a file")
+        found.problem(
+            f"data.source: no built-in dataset '{config.data.source}'; use builtin:mini_safety or builtin:quickstart, or a file"
+        )
         return
     if _looks_like_hub_id(source) and not _hub_reachable():
         found.unverified(

@@ -18,7 +18,9 @@ class PreflightError(UserError):
         if len(problems) == 1:
             text = problems[0]
         else:
-            text = f"{len(problems)} problems; nothing was started:\n" + "\n".join(f"  - {p}" for p in problems)
+            text = f"{len(problems)} problems; nothing was started:\n" + "\n".join(
+                f"  - {p}" for p in problems
+            )
         super().__init__(text)
 
 

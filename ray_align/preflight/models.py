@@ -143,7 +143,9 @@ def check_function(key: str, spec: str, found: Findings) -> None:
     """A "module:function" scorer: the module imports and the name is a function."""
     module_name, sep, name = spec.partition(":")
     if not sep or not module_name or not name:
-        found.problem(f"{key}: '{spec}' is not module:function (for example ray_align.tasks.answer_scorer:score)")
+        found.problem(
+            f"{key}: '{spec}' is not module:function (for example ray_align.tasks.answer_scorer:score)"
+        )
         return
     try:
         module = importlib.import_module(module_name)

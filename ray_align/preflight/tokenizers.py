@@ -13,7 +13,14 @@ from typing import Any
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 # Files that hold a vocabulary, compared byte for byte when a folder has no tokenizer.json.
-_VOCAB_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt", "spiece.model", "added_tokens.json")
+_VOCAB_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "vocab.txt",
+    "spiece.model",
+    "added_tokens.json",
+)
 
 
 def _vocabulary(folder: Path) -> dict[str, Any] | None:
@@ -28,8 +35,11 @@ def _vocabulary(folder: Path) -> dict[str, Any] | None:
         vocab = dict(vocab)
         vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
         return {"tokens": vocab}
-    files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in _VOCAB_FILES
-             if (folder / name).is_file()}
+    files = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in _VOCAB_FILES
+        if (folder / name).is_file()
+    }
     return {"files": files} if files else None
 
 

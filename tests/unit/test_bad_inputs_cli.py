@@ -22,7 +22,13 @@ def table(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     path = tmp_path / "samples.parquet"
     pq.write_table(
-        pa.table({"prompt_id": np.repeat(np.arange(4), 2), "reward": rng.normal(size=8), "safety": rng.normal(size=8)}),
+        pa.table(
+            {
+                "prompt_id": np.repeat(np.arange(4), 2),
+                "reward": rng.normal(size=8),
+                "safety": rng.normal(size=8),
+            }
+        ),
         path,
     )
     return path
@@ -30,7 +36,9 @@ def table(tmp_path) -> Path:
 
 def _nan_table(tmp: Path) -> Path:
     path = tmp / "nan.parquet"
-    pq.write_table(pa.table({"prompt_id": [0, 0, 1, 1], "reward": [0.0, np.nan, 1.0, 2.0], "safety": [0.0] * 4}), path)
+    pq.write_table(
+        pa.table({"prompt_id": [0, 0, 1, 1], "reward": [0.0, np.nan, 1.0, 2.0], "safety": [0.0] * 4}), path
+    )
     return path
 
 
@@ -70,8 +78,10 @@ def test_bad_flag_exits_2_with_a_message(name, args, words, table, tmp_path, cap
         assert word in err, f"{word!r} not in: {err}"
 
 
-@pytest.mark.parametrize("argv", [["run", "--overwrit"], ["check"], ["nope"]])
-def test_a_malformed_command_line_exits_2_with_usage(argv, capsys):
+@pytest.mark.parametrize("argv", [["run", "--overwrit"], ["run", "--over"], ["check"], ["nope"]])
+def test_a_malformed_command_line_exits_2_with_usage(argv, capsys, monkeypatch):
+    for name in ("ray", "vllm", "deepspeed"):  # were the command line accepted, no run could start
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
@@ -88,7 +98,11 @@ _PROBE = (
 def _fresh(*argv: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120, cwd=cwd,
+        [sys.executable, "-c", _PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     return out, time.perf_counter() - start
@@ -98,7 +112,7 @@ def _fresh(*argv: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     ("job", "words"),
     [
         ("models: {tiny: true, policy: /no/such/model}\n", ("models.policy", "no such folder")),
-        ("data: {source: broken.jsonl}\n", ("row 1", "not valid JSON")),
+        ("data: {source: broken.jsonl}\n", ("row 0", "not valid JSON")),
     ],
     ids=["missing model path", "broken dataset line"],
 )

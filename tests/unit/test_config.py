@@ -27,7 +27,9 @@ def test_default_config_is_the_tiny_quickstart():
     assert isinstance(config, JobConfig)
     assert config.models.tiny and config.algorithm == "mocan"
     assert config.models.constraint_names == ["harm"]
-    assert config.dual.constraints[0].name == "safety"
+    assert config.dual.constraints[0].name == "harm"
+    assert config.models.reward_function == "ray_align.tasks.quickstart:helpfulness"
+    assert config.eval.enabled and config.data.eval_fraction > 0  # it ends with a held-out evaluation
 
 
 def test_schema_defaults_are_the_published_values():

@@ -64,7 +64,7 @@ def test_the_table_names_real_options_and_algorithms():
     assert "eval" not in {option.partition(".")[0] for option in READ_BY}
 
 
-@pytest.mark.parametrize("job", sorted((ROOT / "examples").glob("*.yaml")) + [None], ids=str)
+@pytest.mark.parametrize("job", [*sorted((ROOT / "examples").glob("*.yaml")), None], ids=str)
 def test_every_example_and_the_built_in_job_validate(job):
     load_config(job)
 
@@ -85,5 +85,5 @@ def test_ptx_coefficient_is_refused_until_ptx_data_exists():
 
 
 def test_generation_n_is_gone_each_method_sets_its_own_samples():
-    with pytest.raises(ValueError, match="generation.n|extra"):
+    with pytest.raises(ValueError, match=r"generation\.n|extra"):
         _job("mocan", "generation.n=4")
