@@ -92,6 +92,7 @@ class ClusterBuilder:
     shares: dict[str, int] = field(default_factory=dict)
     groups: list[TrainerGroup] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
+    engines: GeneratorPool | None = None
 
     def start(self) -> None:
         self.pg = placement_group(self.plan.bundles, strategy=self.plan.strategy)
@@ -138,15 +139,16 @@ class ClusterBuilder:
             max_model_len=self.config.data.max_length,
             gpu_memory_utilization=g.gpu_memory_utilization,
             kv_cache_gib=g.kv_cache_gib,
+            enable_sleep_mode=self.plan.engine_sleep,
         )
         cls = generator_class(g.engine)
         handles = [
             self._actor(cls, "generator", i, engine.model_path, **engine.kwargs())
             for i in range(self.plan.count("generator"))
         ]
-        pool = GeneratorPool(handles)
-        pool.ready()
-        return pool
+        self.engines = GeneratorPool(handles, g.tensor_parallel_size, sleep=self.plan.engine_sleep)
+        self.engines.ready()
+        return self.engines
 
     def scorer(self) -> JointScorer:
         m = self.models
@@ -232,6 +234,8 @@ class ClusterBuilder:
             num_gpus_per_rank=slots[0].gpus / share,
             placement_group=self.pg,
             bundle_indices=[s.bundle for s in slots],
+            # engines that share the trainers' GPUs free them first (engine_sleep in the resources file)
+            before_compute=self.engines.sleep if self.engines and role == "trainer" else None,
         )
         self.groups.append(group)
         return group

@@ -19,6 +19,7 @@ import numpy as np
 
 from ray_align.dual import rules
 from ray_align.dual.can import DualSolution, ScoredTable, cap_solution, solve_dual
+from ray_align.errors import UserError
 from ray_align.run_dir import atomic_write_text
 
 if TYPE_CHECKING:
@@ -122,8 +123,8 @@ class DualCoordinator:
         ``strict=False`` (CAID's warm start, which its dual iterations correct) it warns and keeps the iterate.
         """
         result = solve_dual(table, beta, margin=margin, threshold=threshold, **kwargs)
-        if not result.feasible:
-            raise ValueError(result.message)
+        if not result.feasible:  # the margins the job asks for: the user's to change
+            raise UserError(f"dual.constraints: {result.message}")
         if not result.converged:
             problem = (
                 f"the CAN dual solve did not converge ({result.message}, KKT residual {result.kkt_residual:.3g} "

@@ -8,8 +8,6 @@ score_distributions.png (docs/eval.md explains every number).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from ray_align.placement import ResourcesFile, RoleResources, plan_placement
 from ray_align.progress import bar
 from ray_align.report.plots import plot_score_distributions
 from ray_align.report.tables import eval_markdown
-from ray_align.run_dir import atomic_write_json, atomic_write_text
+from ray_align.run_dir import atomic_write_json, atomic_write_text, atomic_write_with
 
 logger = logging.getLogger(__name__)
 EVAL_ROLES = ("generator", "scorer", "reference")
@@ -76,15 +74,7 @@ def eval_targets(config: JobConfig, result: Mapping[str, Any]) -> list[Constrain
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def sample_policies(

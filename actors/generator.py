@@ -25,7 +25,7 @@ from ray_align.cluster import Rollouts, Sampling
 
 logger = logging.getLogger(__name__)
 
-# The vLLM worker extension that receives weights over a collective group (GPU path, actors/weight_sync.py).
+# The vLLM worker extension that receives a trainer's weights over the weight group (actors/weight_sync.py).
 WORKER_EXTENSION = "actors.weight_sync.WeightReceiverExtension"
 
 
@@ -41,6 +41,7 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.5  # GPU only: share of GPU memory for weights + KV cache
     kv_cache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE (whole GiB; vLLM parses an int)
     enforce_eager: bool = True
+    enable_sleep_mode: bool = False  # GPU only: the engine can free its memory for a colocated trainer
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``VLLMGenerator``/``HFGenerator`` (everything but the path)."""
@@ -101,6 +102,7 @@ class VLLMGenerator:
         gpu_memory_utilization: float = 0.5,
         kv_cache_gib: int = 1,
         enforce_eager: bool = True,
+        enable_sleep_mode: bool = False,
     ) -> None:
         # Set before vLLM is imported, and overriding inherited values: this process belongs to this engine, and
         # reload_weights with in-memory tensors needs the in-process engine.
@@ -122,6 +124,7 @@ class VLLMGenerator:
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             worker_extension_cls=WORKER_EXTENSION,
+            **({"enable_sleep_mode": True} if enable_sleep_mode else {}),
             **_cpu_scheduler_args(max_model_len),
         )
         self.start_seconds = time.perf_counter() - start
@@ -193,17 +196,28 @@ class VLLMGenerator:
         logger.info("engine weights updated: %.0f bytes in %.3f s", stats["bytes"], stats["seconds"])
         return stats
 
-    # --- collective weight sync (GPU path; see actors/weight_sync.py) -------------------------------------------
+    # --- weight sync from a trainer (actors/weight_sync.py) ------------------------------------------------------
 
     def init_weight_group(
         self, address: str, port: int, rank_offset: int, world_size: int, backend: str
     ) -> None:
-        """Join the trainer's weight-broadcast group; worker w of this engine takes rank ``rank_offset + w``."""
+        """Join trainer rank 0's weight group; worker w of this engine takes rank ``rank_offset + w``."""
         self.llm.collective_rpc("init_weight_group", args=(address, port, rank_offset, world_size, backend))
 
-    def receive_weights(self) -> dict[str, float]:
-        """Receive one broadcast from trainer rank 0 and load it (the trainer sends the tensor list first)."""
+    def receive_weights(self, sync_id: int) -> dict[str, float]:
+        """Receive sync ``sync_id`` from trainer rank 0 and load it into every worker."""
         start = time.perf_counter()
-        nbytes = self.llm.collective_rpc("receive_weights")[0]
+        nbytes = self.llm.collective_rpc("receive_weights", args=(sync_id,))[0]
         self.llm.reset_prefix_cache()
         return {"seconds": time.perf_counter() - start, "bytes": float(nbytes)}
+
+    # --- sleep mode (GPU, trainer and engine sharing a device) -----------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's GPU memory while a colocated trainer computes (level 1: weights to CPU, KV cache
+        dropped). Needs ``enable_sleep_mode=True``."""
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Reallocate what ``sleep`` freed: ``["weights"]`` before a weight sync, then ``["kv_cache"]``."""
+        self.llm.wake_up(tags)

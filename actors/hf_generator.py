@@ -45,8 +45,8 @@ class HFGenerator:
     """Implements ``ray_align.cluster.Generator`` with a Hugging Face causal LM.
 
     Takes the same arguments as :class:`actors.generator.VLLMGenerator`; the engine-only ones
-    (tensor_parallel_size, max_model_len, gpu_memory_utilization, kv_cache_gib, enforce_eager) are accepted and
-    ignored so that a config works with either class.
+    (tensor_parallel_size, max_model_len, gpu_memory_utilization, kv_cache_gib, enforce_eager,
+    enable_sleep_mode) are accepted and ignored so that a config works with either class.
     """
 
     def __init__(
@@ -125,6 +125,30 @@ class HFGenerator:
         start = time.perf_counter()
         self.model.load_state_dict(dict(state_dict), strict=True)
         return {"seconds": time.perf_counter() - start, "bytes": float(state_dict_nbytes(state_dict))}
+
+    def init_weight_group(
+        self, address: str, port: int, rank_offset: int, world_size: int, backend: str
+    ) -> None:
+        """Join trainer rank 0's weight group (actors/weight_sync.py) as rank ``rank_offset``."""
+        from actors.weight_sync import WeightReceiver
+
+        self._receiver = WeightReceiver(address, port, rank_offset, world_size, backend, self.device)
+
+    def receive_weights(self, sync_id: int) -> dict[str, float]:
+        """Receive one sync and copy it into the model. The sender names a tied weight once; every other
+        parameter must arrive."""
+        start = time.perf_counter()
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        targets = params | dict(self.model.named_buffers())
+        got = set()
+        with torch.no_grad():
+            for name, tensor in self._receiver.receive(sync_id):
+                targets[name].copy_(tensor)
+                got.add(targets[name].data_ptr())
+        missing = sorted(n for n, p in params.items() if p.data_ptr() not in got)
+        if missing:
+            raise RuntimeError(f"weight sync left parameters unset: {missing[:5]}")
+        return {"seconds": time.perf_counter() - start, "bytes": float(self._receiver.received)}
 
 
 def generator_class(kind: str) -> type:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from actors.failures import describe_actor_death
 from ray_align.algorithms import algorithm_module
 from ray_align.config import JobConfig, dump_config
+from ray_align.errors import UserError
 from ray_align.models.resolve import resolve_models
 from ray_align.run_dir import start_run_folder
 from ray_align.tracking import open_sinks
@@ -120,19 +121,31 @@ def run_job(config: JobConfig, *, overwrite: bool = False, preflight: bool = Tru
         out.write_result(result)
         cluster.coordinator.save(str(out.path("dual.json")))
     except Exception as e:
-        death = describe_actor_death(e)
-        if death is None:
-            raise
-        logger.debug("the run stopped because an actor died", exc_info=True)
-        raise LaunchError(
-            f"{death}. What the run finished is kept in {out.root}; rerun the same command to resume "
-            "(logging.level=DEBUG shows the traceback)."
-        ) from None
+        raise _readable(e, out) from None
     finally:
         if builder is not None:
             builder.shutdown()
         out.close_sinks()
     from actors.finish import finish_run
 
-    finish_run(config, models, result, out, phases)
+    try:
+        finish_run(config, models, result, out, phases)
+    except Exception as e:
+        raise _readable(e, out, phase="the evaluation after the run") from None
     return result
+
+
+def _readable(e: Exception, out: RunDir, phase: str = "the run") -> BaseException:
+    """A user error raised inside an actor (an infeasible margin) as itself, without Ray's wrapping; an actor's
+    death as one paragraph; anything else unchanged (a bug keeps its traceback)."""
+    cause = getattr(e, "cause", None)  # a RayTaskError carries the actor's own exception
+    if isinstance(cause, UserError):
+        return UserError(str(cause))
+    death = describe_actor_death(e)
+    if death is None:
+        return e
+    logger.debug("%s stopped because an actor died", phase, exc_info=e)
+    return LaunchError(
+        f"during {phase}, {death}. What the run finished is kept in {out.root}; rerun the same command to "
+        "resume (logging.level=DEBUG shows the traceback)."
+    )

@@ -7,13 +7,15 @@ into contiguous shards, one per actor, the shards run in parallel, and the resul
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from actors.weight_sync import broadcast_state_dict
+from actors.weight_sync import WeightSync
 from ray_align.cluster import Rollouts, Sampling
 
 logger = logging.getLogger(__name__)
@@ -35,18 +37,45 @@ def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class GeneratorPool:
-    """Several generator actors (``VLLMGenerator``/``HFGenerator`` under ``ray.remote``) behind one ``generate``."""
+    """Several generator actors (``VLLMGenerator``/``HFGenerator`` under ``ray.remote``) behind one ``generate``.
 
-    def __init__(self, handles: Sequence[Any]) -> None:
+    Weights: ``sync_from(trainer)`` is the trainer → engines path (actors/weight_sync.py, the weights never visit
+    the driver); ``update_weights(state_dict)`` loads weights the driver holds (a checkpoint read from disk).
+    ``sleep=True`` (engines colocated with trainer ranks on GPUs, ``engine_sleep`` in the resources file): the
+    engines free their GPU memory when :meth:`sleep` is called before the trainer computes, and every method
+    here wakes them first.
+    """
+
+    def __init__(self, handles: Sequence[Any], tensor_parallel_size: int = 1, sleep: bool = False) -> None:
         if not handles:
             raise ValueError("GeneratorPool needs at least one generator handle")
         self.handles = list(handles)
+        self.tensor_parallel_size, self.can_sleep = tensor_parallel_size, sleep
+        self.asleep = False
+        self._sleep_lock = threading.Lock()  # trainer calls may run in threads (concurrent critic steps)
         self.sync_history: list[dict[str, float]] = []
+        self._weight_sync: WeightSync | None = None
+        self._weight_source: Any = None
 
-    def ready(self) -> list[dict[str, Any]]:
+    def _all(self, method: str, *args: Any) -> list[Any]:
         import ray
 
-        return ray.get([h.ready.remote() for h in self.handles])
+        return ray.get([getattr(h, method).remote(*args) for h in self.handles])
+
+    def ready(self) -> list[dict[str, Any]]:
+        return self._all("ready")
+
+    def sleep(self) -> None:
+        """Free the engines' GPU memory for a colocated trainer (a no-op without sleep mode or when asleep)."""
+        with self._sleep_lock:
+            if self.can_sleep and not self.asleep:
+                self._all("sleep", 1)
+                self.asleep = True
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        if self.asleep:
+            self._all("wake_up", tags)
+            self.asleep = tags is not None and "kv_cache" not in tags
 
     def generate(
         self, prompts: Sequence[str] | Sequence[Sequence[int]], sampling: Sampling, first_index: int = 0
@@ -55,6 +84,7 @@ class GeneratorPool:
         caller that sends a long prompt list in chunks passes each chunk's offset)."""
         import ray
 
+        self._wake()
         bounds = shard_bounds(len(prompts), len(self.handles))
         futures = [
             h.generate.remote(list(prompts[start:stop]), sampling, first_index=first_index + start)
@@ -62,20 +92,43 @@ class GeneratorPool:
         ]
         return Rollouts.concat(ray.get(futures), [start for start, _ in bounds])
 
-    def broadcast_weights(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Object-store weight sync: ``ray.put`` once, every engine reloads from the same reference."""
-        stats = broadcast_state_dict(self.handles, state_dict)
+    def sync_from(self, trainer: Any) -> dict[str, float]:
+        """Load a trainer group's current weights into every engine, straight from its rank 0.
+
+        The first sync with a trainer forms the weight group (a new trainer replaces the old group)."""
+        if self._weight_source is not trainer:
+            self._weight_sync = WeightSync(trainer.weight_senders(), self.handles, self.tensor_parallel_size)
+            self._weight_source = trainer
+        assert self._weight_sync is not None
+        self._wake(["weights"])
+        stats = self._weight_sync.sync()
+        self._wake(["kv_cache"])
+        return self._record(stats)
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Load weights held by the driver (e.g. a checkpoint read from disk): ``ray.put`` once, every engine
+        reloads from the same reference."""
+        import ray
+
+        self._wake()
+        start = time.perf_counter()
+        ref = ray.put(dict(state_dict))
+        put_seconds = time.perf_counter() - start
+        loads = self._all("update_weights", ref)
+        stats = {
+            "seconds": time.perf_counter() - start,
+            "bytes": loads[0]["bytes"],
+            "put_seconds": put_seconds,
+            "load_seconds": max(s["seconds"] for s in loads),
+        }
+        return self._record(stats)
+
+    def _record(self, stats: dict[str, float]) -> dict[str, float]:
         self.sync_history.append(stats)
         logger.debug(
-            "weights to %d engines: %.0f bytes in %.3f s (put %.3f s)",
-            len(self.handles),
-            stats["bytes"],
-            stats["seconds"],
-            stats["put_seconds"],
+            "weights to %d engines: %.0f bytes in %.3f s", len(self.handles), stats["bytes"], stats["seconds"]
         )
         return stats
-
-    update_weights = broadcast_weights  # the Generator protocol's name
 
 
 class ScorerPool:

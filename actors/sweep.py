@@ -346,7 +346,7 @@ def run_sweep(plan: SweepPlan, *, parallel: int | None = None, overwrite: bool =
         logger.info("the points run as whole runs: %s", plan.reason)
         runs = _run_independent(plan, parallel, overwrite, timing)
     timing["wall"] = time.perf_counter() - start
-    names = list(resolve_models(plan.base.models, seed=plan.base.seed).constraint_names)
+    names = list(plan.base.models.constraint_names)
     meta = {
         "name": plan.base.name,
         "algorithm": plan.algorithm,

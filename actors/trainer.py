@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from actors.checkpoint import export_state_dict, save_hf_checkpoint
-from actors.distributed import device, init_process_group, shard_batch
+from actors.distributed import comm_backend, device, init_process_group, shard_batch
 from actors.model_outputs import OUTPUT_OF_KIND, ModelOutputs, load_model
 from actors.train_config import TrainConfig, adamw_param_groups, deepspeed_config, lr_factor
+from actors.weight_sync import WeightSender, gathered_chunks, named_weights, plan_buckets, weight_meta
 
 
 def mean_stats(stats: list[Mapping[str, float]]) -> dict[str, float]:
@@ -55,6 +56,7 @@ class TrainerRank:
         self.device = device()
         self.engine: Any = None
         self.tokenizer: Any = None
+        self.weight_sender: WeightSender | None = None
         self._build(model_path)
 
     def _build(self, model_path: str) -> None:
@@ -183,6 +185,35 @@ class TrainerRank:
             return None  # replicated weights: rank 0's copy is the answer, no collective to join
         state = export_state_dict(self.engine.module.hf_model(), zero3=zero3)
         return state if (self.rank == 0 or on_every_rank) else None
+
+    def open_weight_group(self, receivers: int) -> tuple[str, int, str]:
+        """Rank 0: host the weight group for ``receivers`` engine workers; returns (address, port, backend)."""
+        self.weight_sender = WeightSender(receivers, comm_backend(), self.device)
+        return self.weight_sender.endpoint()
+
+    def join_weight_group(self) -> None:
+        """Rank 0: join the group (returns once every engine worker has joined too)."""
+        assert self.weight_sender is not None, "open_weight_group first"
+        self.weight_sender.join()
+
+    def send_weights(self, sync_id: int, bucket_bytes: int) -> dict[str, float] | None:
+        """Send the full weights (base names, LoRA merged) to the engines; rank 0 sends, and under ZeRO-3 every
+        rank must call (each bucket is gathered collectively). Returns rank 0's {"seconds", "bytes", ...}."""
+        hf = self.engine.module.hf_model()
+        zero3 = self.train.zero_stage == 3
+        if self.train.lora is not None:  # the merge needs whole layers: export once, then send in buckets
+            named = list(export_state_dict(hf, zero3=zero3).items())
+            zero3 = False
+        else:
+            named = named_weights(hf)
+        meta = weight_meta(named)
+        chunks = gathered_chunks(named, plan_buckets(meta, bucket_bytes), zero3)
+        if self.rank != 0:
+            for _ in chunks:  # take part in the gathers
+                pass
+            return None
+        assert self.weight_sender is not None, "open_weight_group first"
+        return self.weight_sender.send(sync_id, meta, chunks, bucket_bytes)
 
     def save_hf(self, path: str) -> str:
         """Rank 0 writes a Hugging Face checkpoint at ``path`` atomically; every rank must call (ZeRO-3 gather)."""

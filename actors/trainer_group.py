@@ -8,7 +8,7 @@ object store separately, so a rank receives only its own rows. A critic group is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ray
@@ -49,10 +49,14 @@ class TrainerGroup:
         env_vars: Mapping[str, str] | None = None,
         ready_timeout_s: float = 600.0,
         wait: bool = True,
+        before_compute: Callable[[], None] | None = None,
     ):
         if model_kind not in OUTPUT_OF_KIND:
             raise ValueError(f"model_kind must be one of {sorted(OUTPUT_OF_KIND)}, got {model_kind!r}")
         self.model_kind, self.world_size, self.train = model_kind, world_size, train
+        # Called before the ranks use their devices (a colocated engine pool's ``sleep``).
+        self._before_compute = before_compute or (lambda: None)
+        self._before_compute()  # loading the model takes device memory too
         self._own_pg = placement_group is None
         if placement_group is None:
             bundle = {"CPU": num_cpus_per_rank} | ({"GPU": num_gpus_per_rank} if num_gpus_per_rank else {})
@@ -94,6 +98,7 @@ class TrainerGroup:
 
     def _forward(self, batch: Mapping[str, torch.Tensor], output: str) -> torch.Tensor:
         """Each rank's outputs on its shard, concatenated back in row order: [B, T-1] or [B], CPU float32."""
+        self._before_compute()
         inputs = {key: batch[key] for key in _FORWARD_KEYS}
         shards = shard_batch(inputs, self.world_size, paired=False)
         refs = [r.forward_outputs.remote(ray.put(s), output) for r, s in zip(self.ranks, shards, strict=True)]
@@ -121,6 +126,7 @@ class TrainerGroup:
         ``paired`` defaults to ``spec.paired`` when the spec defines it, else False. Returns the ranks'
         stats averaged (lr and grad_norm are the same on every rank).
         """
+        self._before_compute()
         paired = bool(getattr(spec, "paired", False)) if paired is None else paired
         shards = shard_batch(batch, self.world_size, paired)
         refs = [
@@ -131,9 +137,15 @@ class TrainerGroup:
     # ---- weights -------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights (base model names, LoRA merged) on CPU, from rank 0. Under ZeRO-3 every rank gathers."""
-        ranks = self.ranks if self.train.zero_stage == 3 else self.ranks[:1]
-        return ray.get([r.full_state_dict.remote() for r in ranks])[0]
+        """Full weights (base model names, LoRA merged) on CPU, from rank 0, into this process. Under ZeRO-3
+        every rank gathers. Engines get the weights with ``GeneratorPool.sync_from(group)`` instead, which
+        never brings them here."""
+        return ray.get([r.full_state_dict.remote() for r in self.weight_senders()])[0]
+
+    def weight_senders(self) -> list[Any]:
+        """The ranks that take part in sending the weights, rank 0 first: all under ZeRO-3 (the gather is a
+        collective), rank 0 alone otherwise."""
+        return self.ranks if self.train.zero_stage == 3 else self.ranks[:1]
 
     def save(self, path: str) -> str:
         """Write a Hugging Face checkpoint at ``path`` (atomic; rank 0 writes) and return the path."""
@@ -142,6 +154,7 @@ class TrainerGroup:
 
     def load(self, path: str) -> None:
         """Restart every rank from the checkpoint at ``path`` (fresh optimizer and lr schedule)."""
+        self._before_compute()
         ray.get([r.load_hf.remote(str(path)) for r in self.ranks])
 
     def shutdown(self) -> None:

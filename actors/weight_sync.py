@@ -1,127 +1,205 @@
-"""Trainer → generator weight sync, timed and with the bytes moved logged.
+"""Trainer → engine weight sync: trainer rank 0 broadcasts its weights straight to every engine.
 
-Two paths, one call (``WeightSync.sync``):
+The group: trainer rank 0 (rank 0) and every engine worker (engine e's worker w is rank ``1 + e·tp + w``), a torch
+process group of their own — gloo on CPU, NCCL on GPU, the same code — over a TCPStore that rank 0 hosts. It is
+apart from DeepSpeed's and vLLM's process groups, so neither side's ``torch.distributed`` state is touched. The
+driver only coordinates (:class:`WeightSync`): it asks rank 0 to open the group, tells the engines where it is,
+and starts each sync on both sides. The weights never pass through it or the object store.
 
-* ``object_store`` (CPU machines; works anywhere): the driver ``ray.put``s the trainer's state dict once and every
-  engine loads it with vLLM's ``reload_weights`` (:meth:`actors.generator.VLLMGenerator.update_weights`).
-* ``collective`` (GPU clusters): trainer rank 0 and every vLLM worker form one broadcast group (vLLM's
-  ``StatelessProcessGroup`` + ``PyNcclCommunicator``; ranks: trainer 0, engine e's worker w ``1 + e·tp + w``).
-  The trainer broadcasts the tensor list, then each tensor, straight from its GPU; the workers stream them into
-  ``reload_weights``. Nothing goes through host memory or the object store.
-
-``select_backend("auto")`` picks ``collective`` when CUDA is available and the trainer implements
-:class:`WeightSource`, else ``object_store``. The collective group also runs over a ``store`` transport (tensors
-pickled through the group's TCP store) so that the whole collective path, short of NCCL itself, is exercised on a
-CPU machine (tests/integration/test_weight_sync.py); it is slow and meant for tests only.
+One sync: rank 0 writes the tensor list (names, dtypes, shapes) into the store, then broadcasts the weights in
+buckets of about ``bucket_bytes``, each one flat byte buffer (one collective per bucket, not per tensor). Under
+ZeRO-3 every rank gathers one bucket's parameters at a time, so no rank holds the whole model at once, and rank 0
+sends each bucket as soon as it is gathered. Receivers stream the tensors of each bucket into vLLM's
+``reload_weights`` (:class:`WeightReceiverExtension`) or the HF fallback's ``load_state_dict``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
+import pickle
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 
-from actors.generator import state_dict_nbytes
-
 logger = logging.getLogger(__name__)
 
-Meta = list[tuple[str, str, list[int]]]  # (name, dtype name, shape) per tensor, in broadcast order
+BUCKET_BYTES = 256 << 20  # per broadcast: large enough to amortise a collective, small next to a 7B model
+GROUP_TIMEOUT = timedelta(minutes=10)  # a member that never joins or sends fails the sync after this
+_ALIGN = 64  # byte offset of every tensor in a bucket, so a byte slice can be viewed as any dtype
+
+Meta = list[tuple[str, str, list[int]]]  # (name, dtype name, shape) per tensor, in send order
 
 
-def weight_meta(state_dict: Mapping[str, torch.Tensor]) -> Meta:
-    """What a receiver needs to allocate the tensors of one broadcast."""
-    return [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in state_dict.items()]
+def weight_meta(named: Iterable[tuple[str, torch.Tensor]]) -> Meta:
+    """What a receiver needs to allocate the tensors of one sync. A ZeRO-3 parameter reports its full shape."""
+    out = []
+    for name, t in named:
+        shape = list(getattr(t, "ds_shape", t.shape))
+        out.append((name, str(t.dtype).removeprefix("torch."), shape))
+    return out
 
 
-def free_endpoint() -> tuple[str, int]:
-    """(IP of this node, a free TCP port) for the group's rendezvous, found on the trainer's node."""
-    import ray
+@dataclass(frozen=True)
+class Entry:
+    """One tensor's place in a bucket."""
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
-
-
-class _Communicator:
-    """``broadcast(tensor, src)`` over NCCL (GPU) or over the group's TCP store (CPU tests)."""
-
-    def __init__(self, group: Any, backend: str, device: torch.device) -> None:
-        self.group, self.backend, self.device = group, backend, device
-        if backend == "nccl":
-            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-
-            self.nccl = PyNcclCommunicator(group, device=device)
-        elif backend != "store":
-            raise ValueError(f"unknown weight-group backend {backend!r} (expected 'nccl' or 'store')")
-
-    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
-        if self.backend == "nccl":
-            self.nccl.broadcast(tensor, src=src, stream=torch.cuda.current_stream())
-            return
-        received = self.group.broadcast(tensor, src=src)
-        if self.group.rank != src:
-            tensor.copy_(received)
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
 
 
-def _join_group(
-    address: str, port: int, rank: int, world_size: int, backend: str, device: torch.device
-) -> Any:
-    from vllm.distributed.utils import StatelessProcessGroup
+def plan_buckets(meta: Meta, bucket_bytes: int) -> list[list[Entry]]:
+    """Tensors in send order, cut into buckets of at most ``bucket_bytes`` (a larger tensor gets one alone).
 
-    group = StatelessProcessGroup.create(host=address, port=port, rank=rank, world_size=world_size)
-    return _Communicator(group, backend, device)
+    Sender and receivers compute the same plan from the same meta, so only the meta travels."""
+    buckets: list[list[Entry]] = []
+    current: list[Entry] = []
+    end = 0
+    for name, dtype, shape in meta:
+        nbytes = torch.Size(shape).numel() * getattr(torch, dtype).itemsize
+        offset = -(-end // _ALIGN) * _ALIGN
+        if current and offset + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, offset = [], 0
+        current.append(Entry(name, dtype, tuple(shape), offset, nbytes))
+        end = offset + nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def bucket_nbytes(bucket: Sequence[Entry]) -> int:
+    return bucket[-1].offset + bucket[-1].nbytes
+
+
+def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def pack(bucket: Sequence[Entry], tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One flat byte buffer holding the bucket's tensors (a lone tensor is sent as its own bytes, uncopied)."""
+    if len(bucket) == 1 and tensors[0].device == device:
+        return _as_bytes(tensors[0])
+    buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=device)
+    for entry, tensor in zip(bucket, tensors, strict=True):
+        buf[entry.offset : entry.offset + entry.nbytes].copy_(_as_bytes(tensor))
+    return buf
+
+
+def unpack(buf: torch.Tensor, bucket: Sequence[Entry]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) views into a received buffer."""
+    for e in bucket:
+        piece = buf[e.offset : e.offset + e.nbytes].view(getattr(torch, e.dtype))
+        yield e.name, piece.view(e.shape)
+
+
+def _group(store: Any, rank: int, world_size: int, backend: str) -> Any:
+    """A process group object of its own (not the default group): NCCL on GPU, gloo on CPU."""
+    import torch.distributed as dist
+
+    cls = dist.ProcessGroupNCCL if backend == "nccl" else dist.ProcessGroupGloo
+    return cls(store, rank, world_size, GROUP_TIMEOUT)
+
+
+def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """What an engine loads: the parameters (a tied weight once, under its first name) and persistent buffers,
+    under the checkpoint's names. Under ZeRO-3 the parameters are still partitioned here."""
+    persistent = set(model.state_dict().keys())
+    named = list(model.named_parameters())
+    return named + [(n, b) for n, b in model.named_buffers() if n in persistent]
+
+
+def gathered_chunks(
+    named: Sequence[tuple[str, torch.Tensor]], buckets: Sequence[Sequence[Entry]], zero3: bool
+) -> Iterator[list[torch.Tensor]]:
+    """Each bucket's full tensors in turn. Under ZeRO-3 a bucket's parameters are gathered (a collective on the
+    trainer's group: every rank iterates) and released when the caller asks for the next bucket."""
+    import contextlib
+
+    by_name = dict(named)
+    for bucket in buckets:
+        tensors = [by_name[e.name] for e in bucket]
+        gathered: Any = contextlib.nullcontext()
+        if zero3:
+            import deepspeed
+
+            params = [t for t in tensors if hasattr(t, "ds_id")]
+            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        with gathered:
+            yield [t.data for t in tensors]
 
 
 class WeightSender:
-    """Trainer rank 0's end of the group: owns the communicator, broadcasts a state dict."""
+    """Rank 0's end: hosts the store (a free port chosen by the OS, so no race for it) and broadcasts."""
 
-    def __init__(self, address: str, port: int, world_size: int, backend: str) -> None:
-        device = (
-            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    def __init__(self, receivers: int, backend: str, device: torch.device) -> None:
+        import ray
+        import torch.distributed as dist
+
+        self.world_size, self.backend, self.device = 1 + receivers, backend, device
+        self.address = ray.util.get_node_ip_address()
+        self.store = dist.TCPStore(
+            self.address, 0, self.world_size, True, GROUP_TIMEOUT, wait_for_workers=False
         )
-        self.comm = _join_group(address, port, 0, world_size, backend, device)
+        self.group: Any = None
 
-    def send(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Broadcast the tensor list, then every tensor in that order. Returns {"seconds", "bytes"}."""
+    def endpoint(self) -> tuple[str, int, str]:
+        return self.address, self.store.port, self.backend
+
+    def join(self) -> None:
+        """Blocks until every receiver has joined too."""
+        self.group = _group(self.store, 0, self.world_size, self.backend)
+
+    def send(
+        self, sync_id: int, meta: Meta, chunks: Iterable[Sequence[torch.Tensor]], bucket_bytes: int
+    ) -> dict[str, float]:
+        """Publish the meta, then broadcast each bucket's tensors (``chunks``: one list per bucket)."""
         start = time.perf_counter()
-        self.comm.group.broadcast_obj(weight_meta(state_dict), src=0)
-        for tensor in state_dict.values():
-            self.comm.broadcast(tensor.detach().to(self.comm.device).contiguous(), src=0)
-        if self.comm.backend == "nccl":
+        self.store.set(f"meta/{sync_id}", pickle.dumps((meta, bucket_bytes)))
+        buckets = plan_buckets(meta, bucket_bytes)
+        for bucket, tensors in zip(buckets, chunks, strict=True):
+            self.group.broadcast(pack(bucket, tensors, self.device), 0).wait()
+        if self.backend == "nccl":
             torch.cuda.synchronize()
-        return {"seconds": time.perf_counter() - start, "bytes": float(state_dict_nbytes(state_dict))}
+        nbytes = sum(e.nbytes for b in buckets for e in b)
+        return {"seconds": time.perf_counter() - start, "bytes": float(nbytes), "buckets": float(len(buckets))}
 
 
-class WeightSource(Protocol):
-    """What a trainer (rank 0) exposes for the collective path; :class:`WeightSourceMixin` implements it."""
+class WeightReceiver:
+    """An engine worker's end of the group."""
 
-    def weight_endpoint(self) -> tuple[str, int]: ...
+    def __init__(
+        self, address: str, port: int, rank: int, world_size: int, backend: str, device: torch.device
+    ) -> None:
+        import torch.distributed as dist
 
-    def init_weight_sender(self, address: str, port: int, world_size: int, backend: str) -> None: ...
+        self.device = device
+        self.store = dist.TCPStore(address, port, world_size, False, GROUP_TIMEOUT)
+        self.group = _group(self.store, rank, world_size, backend)
+        self.received = 0  # bytes of the last sync
 
-    def send_weights(self) -> dict[str, float]: ...
+    def receive(self, sync_id: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """The tensors of one sync, bucket by bucket as they arrive. A fresh buffer per bucket: the loader may
+        keep views of the tensors it was given."""
+        meta, bucket_bytes = pickle.loads(self.store.get(f"meta/{sync_id}"))
+        self.received = 0
+        for bucket in plan_buckets(meta, bucket_bytes):
+            buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=self.device)
+            self.group.broadcast(buf, 0).wait()
+            self.received += sum(e.nbytes for e in bucket)
+            yield from unpack(buf, bucket)
 
 
-class WeightSourceMixin:
-    """Gives a trainer class holding ``state_dict()`` the three :class:`WeightSource` methods."""
-
-    _weight_sender: WeightSender | None = None
-
-    def weight_endpoint(self) -> tuple[str, int]:
-        return free_endpoint()
-
-    def init_weight_sender(self, address: str, port: int, world_size: int, backend: str) -> None:
-        self._weight_sender = WeightSender(address, port, world_size, backend)
-
-    def send_weights(self) -> dict[str, float]:
-        if self._weight_sender is None:
-            raise RuntimeError("init_weight_sender must run before send_weights")
-        return self._weight_sender.send(self.state_dict())  # type: ignore[attr-defined]
+def drain(stream: Iterator[Any]) -> None:
+    """Join the broadcasts a loader did not ask for: every member must take part in every one."""
+    for _ in stream:
+        pass
 
 
 class WeightReceiverExtension:
@@ -130,119 +208,70 @@ class WeightReceiverExtension:
     def init_weight_group(
         self, address: str, port: int, rank_offset: int, world_size: int, backend: str
     ) -> None:
-        self._weight_comm = _join_group(
+        self._weight_receiver = WeightReceiver(
             address, port, rank_offset + self.rank, world_size, backend, self.device
         )
 
-    def receive_weights(self) -> int:
-        """Receive one broadcast and load it; returns the bytes received."""
-        comm = self._weight_comm
-        meta: Meta = comm.group.broadcast_obj(None, src=0)
-
-        def stream() -> Iterator[tuple[str, torch.Tensor]]:
-            # Tensors arrive one at a time and are loaded as they arrive: peak extra memory is one tensor.
-            for name, dtype, shape in meta:
-                tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=comm.device)
-                comm.broadcast(tensor, src=0)
-                yield name, tensor
-
-        reload = getattr(self, "reload_weights", None)
-        if reload is not None:  # vLLM >= 0.12: layerwise reload, also valid after the CPU backend repacks
-            reload(weights_iterator=stream(), is_checkpoint_format=True)
-        else:
-            self.model_runner.model.load_weights(weights=stream())
-        return sum(torch.Size(shape).numel() * getattr(torch, dtype).itemsize for _, dtype, shape in meta)
-
-
-def select_backend(requested: str, source: Any | None = None) -> str:
-    """Resolve ``"auto"`` to ``"collective"`` (CUDA + a trainer with :class:`WeightSource`) or ``"object_store"``."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available() and source is not None and hasattr(source, "send_weights"):
-        return "collective"
-    return "object_store"
+    def receive_weights(self, sync_id: int) -> int:
+        """Receive one sync and load it (vLLM's layerwise ``reload_weights``); returns the bytes received."""
+        receiver = self._weight_receiver
+        stream = receiver.receive(sync_id)
+        self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
+        drain(stream)
+        return receiver.received
 
 
 class WeightSync:
-    """Driver-side weight sync from one trainer handle to a list of engine handles (Ray actors)."""
+    """Driver side, for one trainer group and a list of engine actors: forms the group once, then syncs.
+
+    ``senders``: the trainer ranks that take part in a send (all of them under ZeRO-3, whose gather is a
+    collective; rank 0 alone otherwise), rank 0 first."""
 
     def __init__(
         self,
+        senders: Sequence[Any],
         engines: Sequence[Any],
-        source: Any | None = None,
-        backend: str = "auto",
         tensor_parallel_size: int = 1,
-        transport: str | None = None,
+        bucket_bytes: int = BUCKET_BYTES,
     ) -> None:
-        self.engines, self.source = list(engines), source
-        self.backend = select_backend(backend, source)
-        self.tensor_parallel_size = tensor_parallel_size
-        self.transport = transport or ("nccl" if torch.cuda.is_available() else "store")
-        self._connected = False
+        self.senders, self.engines = list(senders), list(engines)
+        self.tensor_parallel_size, self.bucket_bytes = tensor_parallel_size, bucket_bytes
+        self.syncs = 0
         self.history: list[dict[str, float]] = []
 
     def connect(self) -> None:
-        """Form the broadcast group (collective path only); every member must join at once."""
         import ray
 
-        address, port = ray.get(self.source.weight_endpoint.remote())
-        world_size = 1 + len(self.engines) * self.tensor_parallel_size
+        tp = self.tensor_parallel_size
+        world_size = 1 + len(self.engines) * tp
+        address, port, backend = ray.get(self.senders[0].open_weight_group.remote(world_size - 1))
         joins = [
-            engine.init_weight_group.remote(
-                address, port, 1 + e * self.tensor_parallel_size, world_size, self.transport
-            )
+            engine.init_weight_group.remote(address, port, 1 + e * tp, world_size, backend)
             for e, engine in enumerate(self.engines)
         ]
-        joins.append(self.source.init_weight_sender.remote(address, port, world_size, self.transport))
-        ray.get(joins)
-        self._connected = True
+        ray.get([*joins, self.senders[0].join_weight_group.remote()])
+        logger.debug("weight group: %s:%d (%s), %d members", address, port, backend, world_size)
 
-    def sync(self, state_dict: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
-        """Push the trainer's current weights to every engine. Returns and logs {"seconds", "bytes", ...}.
-
-        object_store: ``state_dict`` if given, else the source's (an actor's ``state_dict.remote()`` goes from the
-        trainer's node into the store and on to the engines; a synchronous wrapper's ``state_dict()`` is put once).
-        collective: the trainer sends its own weights.
-        """
+    def sync(self) -> dict[str, float]:
+        """Push the trainer's current weights to every engine; returns and records the stats."""
         import ray
 
+        if self.syncs == 0:
+            self.connect()
+        self.syncs += 1
         start = time.perf_counter()
-        if self.backend == "collective":
-            if not self._connected:
-                self.connect()
-            *_, sent = ray.get(
-                [e.receive_weights.remote() for e in self.engines] + [self.source.send_weights.remote()]
-            )
-            stats = {"bytes": sent["bytes"]}
-        else:
-            if state_dict is None:
-                method = self.source.state_dict
-                state_dict = method.remote() if hasattr(method, "remote") else method()
-            stats = broadcast_state_dict(self.engines, state_dict)
-        stats["seconds"] = time.perf_counter() - start
+        sends = [r.send_weights.remote(self.syncs, self.bucket_bytes) for r in self.senders]
+        loads = [e.receive_weights.remote(self.syncs) for e in self.engines]
+        sent = ray.get(sends)[0]
+        loaded = ray.get(loads)
+        stats = {
+            "seconds": time.perf_counter() - start,
+            "bytes": sent["bytes"],
+            "send_seconds": sent["seconds"],
+            "load_seconds": max(s["seconds"] for s in loaded),
+        }
+        if any(s["bytes"] != sent["bytes"] for s in loaded):
+            raise RuntimeError(f"weight sync: sent {sent['bytes']} bytes, engines received {loaded}")
         self.history.append(stats)
-        logger.info("weight sync (%s): %.0f bytes in %.3f s", self.backend, stats["bytes"], stats["seconds"])
+        logger.debug("weights to %d engines: %.0f bytes in %.3f s", len(self.engines), sent["bytes"], stats["seconds"])
         return stats
-
-
-def broadcast_state_dict(
-    engines: Sequence[Any], state_dict: Mapping[str, torch.Tensor] | Any
-) -> dict[str, float]:
-    """Object-store path: one object in the store, every engine's ``update_weights`` on the same reference.
-
-    ``state_dict``: a dict (``ray.put`` here, once) or an ObjectRef to one already in the store (e.g. a trainer
-    actor's ``state_dict.remote()``, which then never passes through the driver).
-    Returns {"seconds", "bytes", "put_seconds", "load_seconds"} (load: the slowest engine's own time).
-    """
-    import ray
-
-    start = time.perf_counter()
-    ref = state_dict if isinstance(state_dict, ray.ObjectRef) else ray.put(dict(state_dict))
-    put_seconds = time.perf_counter() - start
-    loads = ray.get([engine.update_weights.remote(ref) for engine in engines])
-    return {
-        "seconds": time.perf_counter() - start,
-        "bytes": loads[0]["bytes"],
-        "put_seconds": put_seconds,
-        "load_seconds": max(s["seconds"] for s in loads),
-    }

@@ -35,7 +35,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ray_align.config import load_config
     from ray_align.preflight import preflight
 
-    config = load_config(args.job, args.overrides)
+    verbose = ["logging.verbose=true"] if args.verbose else []  # not fingerprinted: a resumed run may add it
+    config = load_config(args.job, [*args.overrides, *verbose])
     _warn(preflight(config, mode="run", overwrite=args.overwrite))  # before any heavy import or Ray
     from actors.launch import LaunchError, run_job  # the driver is the only place that wires actors in
 
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="clear output_dir first when it holds a run of another configuration (default: refuse)",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the start-up and progress logs of Ray, vLLM and DeepSpeed (= logging.verbose=true)",
     )
     run.set_defaults(func=_cmd_run)
 

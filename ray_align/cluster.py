@@ -76,7 +76,13 @@ class Generator(Protocol):
         self, prompts: Sequence[str] | Sequence[Sequence[int]], sampling: Sampling, first_index: int = 0
     ) -> Rollouts: ...
 
-    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]: ...
+    def sync_from(self, trainer: PolicyTrainer) -> dict[str, float]:
+        """Load the trainer's current weights, sent by the trainer itself (never through the caller)."""
+        ...
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Load weights the caller holds (e.g. a checkpoint read from disk)."""
+        ...
 
 
 class Scorer(Protocol):
@@ -168,3 +174,9 @@ class Cluster:
     reference: ReferenceModel | None = None
     critic_path: str | None = None  # models.critic: where the reward critic starts (PPO-Lagrangian)
     cost_critic_path: str | None = None  # models.cost_critic: where each constraint's cost critic starts
+
+    def sync_weights(self, trainer: PolicyTrainer) -> dict[str, float]:
+        """The generators now sample the trainer's current policy. Returns {"seconds", "bytes", ...}."""
+        if self.generator is None:
+            raise RuntimeError("this run has no generator role to sync weights to")
+        return self.generator.sync_from(trainer)

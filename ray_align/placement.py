@@ -6,7 +6,14 @@ share of that bundle it asks for. ``actors/placement.py`` hands the bundles to R
 
 Colocation: roles listed together in one ``colocate`` group share bundles index by index (trainer rank i and
 engine i sit in bundle i). The bundle gets the max of the members' GPU needs, and each member asks for an equal
-fraction of it, which is how Ray lets two actors share one GPU. CPUs add up.
+fraction of it, which is how Ray lets two actors share one GPU. CPUs add up. Ray's fractions are only
+bookkeeping: on the device the two share memory, so with ``engine_sleep: true`` the vLLM engines are built with
+sleep mode and free their GPU memory while the trainer ranks compute (the hybrid-engine pattern), waking for
+each weight sync and generation.
+
+``resources`` on a role: further Ray resources each instance's bundle reserves, e.g. a custom resource that only
+some nodes have (``ray start --resources='{"gpu_node": 8}'``), which pins the role to those nodes. Colocated
+members' resources add up.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class RoleResources(BaseModel):
     count: int = Field(default=1, ge=0)
     cpus: float = Field(default=1.0, ge=0.0)
     gpus: float = Field(default=0.0, ge=0.0)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per instance
 
 
 class ResourcesFile(BaseModel):
@@ -39,6 +47,7 @@ class ResourcesFile(BaseModel):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     roles: dict[Literal[ROLES], RoleResources] = Field(default_factory=dict)  # type: ignore[valid-type]
     colocate: list[list[Literal[ROLES]]] = Field(default_factory=list)  # type: ignore[valid-type]
+    engine_sleep: bool = False  # vLLM sleep mode for engines colocated with trainer ranks on GPUs
 
     @model_validator(mode="after")
     def _colocation_is_consistent(self) -> ResourcesFile:
@@ -52,7 +61,16 @@ class ResourcesFile(BaseModel):
             if seen & set(group):
                 raise ValueError(f"colocate: a role appears in two groups: {sorted(seen & set(group))}")
             seen |= set(group)
+        if self.engine_sleep and not self.engines_share_trainer_gpus():
+            raise ValueError(
+                "engine_sleep: true needs the generator colocated with the trainer "
+                "(colocate: [[trainer, generator]]) on GPUs (gpus > 0 for both); vLLM's sleep mode is GPU-only"
+            )
         return self
+
+    def engines_share_trainer_gpus(self) -> bool:
+        shared = any({"trainer", "generator"} <= set(group) for group in self.colocate)
+        return shared and self.role("trainer").gpus > 0 and self.role("generator").gpus > 0
 
     def role(self, name: str) -> RoleResources:
         return self.roles.get(name, RoleResources(count=0))
@@ -74,6 +92,7 @@ class PlacementPlan:
     strategy: str
     bundles: list[dict[str, float]]
     slots: dict[tuple[str, int], Slot]
+    engine_sleep: bool = False  # engines free their GPU memory while the colocated trainer ranks compute
 
     def slot(self, role: str, index: int = 0) -> Slot:
         try:
@@ -101,11 +120,14 @@ def plan_placement(resources: ResourcesFile) -> PlacementPlan:
             bundle: dict[str, float] = {"CPU": cpus}
             if gpus > 0:
                 bundle["GPU"] = gpus
+            for r in group:
+                for name, amount in resources.role(r).resources.items():
+                    bundle[name] = bundle.get(name, 0.0) + amount
             bundles.append(bundle)
             for r in group:
                 share = gpus / len(group) if resources.role(r).gpus > 0 else 0.0
                 slots[(r, i)] = Slot(r, i, len(bundles) - 1, resources.role(r).cpus, share)
-    return PlacementPlan(resources.strategy, bundles, slots)
+    return PlacementPlan(resources.strategy, bundles, slots, resources.engine_sleep)
 
 
 def load_resources(
@@ -154,4 +176,7 @@ def resources_for(config: JobConfig, roles: Sequence[str]) -> ResourcesFile:
         )
     used = {r: full.role(r) for r in (*roles, "coordinator") if full.role(r).count > 0}
     groups = [g for g in ([r for r in g if r in used] for g in full.colocate) if len(g) > 1]
-    return ResourcesFile(strategy=full.strategy, roles=used, colocate=groups)
+    out = ResourcesFile(strategy=full.strategy, roles=used, colocate=groups)
+    # Sleep mode only matters when this run has both engines and trainer ranks on the shared GPUs.
+    out.engine_sleep = full.engine_sleep and out.engines_share_trainer_gpus()
+    return out

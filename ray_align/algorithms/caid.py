@@ -132,7 +132,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
                 stage=f"caid_dpo_{it}",
             )
             # 2. the generators now sample θ_{t+1}
-            sync = cluster.generator.update_weights(trainer.state_dict())
+            sync = cluster.sync_weights(trainer)
             # 3. on-policy sample of θ_{t+1} and its constraint slack u
             sampling = sampling_from(config, n=c.samples_per_prompt, seed=config.generation.seed + 1 + it)
             samples = sample_and_score(cluster, ids, sampling)

@@ -97,7 +97,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         actor, critics = start_models(config, cluster, checkpoint, p.steps - start)
         try:
             if resumed:  # the engines were built from models.policy
-                cluster.generator.update_weights(actor.state_dict())
+                cluster.sync_weights(actor)
             for k in range(start + 1, p.steps + 1):
                 metrics = rl_step(k, config, cluster, out, actor, critics, texts, prompt_ids, pad_id)
                 # 8. metrics; checkpoints every checkpoint.every steps and at the end
@@ -185,7 +185,7 @@ def rl_step(
     )
     # 7. weight sync actor → generators (the state dict gather is part of the cost)
     synced = time.perf_counter()
-    sync = cluster.generator.update_weights(actor.state_dict())
+    sync = cluster.sync_weights(actor)
     response, lam = mask.bool(), lams[-1]
     return {
         "reward": float(samples.reward.mean()),

@@ -83,6 +83,9 @@ def save_merged(step1: str, step2: str, q: float, target: Path) -> str:
     model.load_state_dict(p_sacpo_merge(model.state_dict(), theta_2, q))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a checkpoint folder is like any other output
     try:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(step1).save_pretrained(tmp)

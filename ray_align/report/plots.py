@@ -8,9 +8,7 @@ file in the same folder, then os.replace. Each function returns the path, or Non
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 from ray_align.dual.can import ScoredTable
 from ray_align.dual.predict import predict, sweep
 from ray_align.eval.stats import Estimate
+from ray_align.run_dir import atomic_write_with
 
 SIZE_IN, DPI = (6.4, 4.0), 100
 MAX_PANELS = 6
@@ -43,17 +42,7 @@ def _figure(panels: int) -> tuple[Figure, list[Any]]:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG of exactly SIZE_IN × DPI pixels, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
 def plot_score_distributions(frame: pd.DataFrame | None, path: str | Path) -> Path | None:

@@ -148,8 +148,6 @@ def build_plan(job: str | None, overrides: Sequence[str], grid: Sequence[str]) -
             f"sweep: algorithm {base.algorithm!r} is not supported; a sweep runs {', '.join(SUPPORTED)}"
         )
     _check_axes(job, overrides, axes)
-    if base.algorithm != "sacpo" and any(a.key == MERGE_Q for a in axes):
-        raise UserError(f"sweep: --grid {MERGE_Q} is SACPO's merge weight; this job runs {base.algorithm}")
     q_axis = next((a for a in axes if a.key == MERGE_Q), None)
     point_axes = [a for a in axes if a is not q_axis]
     q_override = [f"{MERGE_Q}=[{', '.join(q_axis.texts)}]"] if q_axis else []

@@ -18,6 +18,7 @@ import pytest
 from known_optimum import build_reference, job_config
 
 from actors.launch import run_job
+from ray_align.preflight import PreflightError
 from ray_align.run_dir import RunDir
 
 pytestmark = pytest.mark.integration
@@ -89,10 +90,16 @@ def test_caid_resumes_after_its_last_complete_iteration(ray_session, reference, 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0002", "caid_iter_0003"]
 
 
-def test_caid_with_other_settings_starts_over(ray_session, reference, caid_runs, tmp_path):
+def test_caid_with_other_settings_is_refused_or_starts_over(ray_session, reference, caid_runs, tmp_path):
+    """A run folder belongs to one configuration: other settings are refused (nothing touched), and with
+    overwrite the folder is cleared and the run starts over."""
     out = tmp_path / "caid"
     shutil.copytree(caid_runs[0], out)
-    result = run_job(job_config(reference, out, "caid", *CAID, "caid.iterations=1"))
+    config = job_config(reference, out, "caid", *CAID, "caid.iterations=1")
+    with pytest.raises(PreflightError, match=r"caid.iterations: 3 → 1.*--overwrite"):
+        run_job(config)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0002", "caid_iter_0003"]
+    result = run_job(config, overwrite=True)
     assert result["resumed_from_iteration"] == 0 and len(result["iterations"]) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["caid", "caid_iter_0001"]
 

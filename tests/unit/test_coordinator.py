@@ -130,3 +130,14 @@ def test_solve_that_does_not_converge_fails_or_warns_when_not_strict(caplog):
     assert not result.converged and "did not converge" in caplog.text
     assert coordinator.lam()[0] == pytest.approx(result.lam[0]) and result.lam[0] > 0
     assert coordinator.history()[-1]["converged"] is False
+
+
+def test_an_unreachable_margin_is_the_users_error_not_a_crash():
+    """The table's utilities are 0 and 1 (mean 0.5): no tilt reaches a mean above 1, so a margin of 0.6 over the
+    reference mean is infeasible. That is the job's setting to change: UserError (exit 2), naming the key."""
+    from ray_align.errors import UserError
+
+    coordinator = DualCoordinator(DualRuleSpec(names=("safety",), rule="projected", lam_init=0.0))
+    with pytest.raises(UserError, match=r"dual.constraints: infeasible.*Lower the margin"):
+        coordinator.solve(_one_constraint_table(), beta=1.0, margin=0.6)
+    assert coordinator.lam()[0] == 0.0
