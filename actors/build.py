@@ -163,7 +163,8 @@ class ClusterBuilder:
         if paths:
             pool = ScorerPool(
                 [
-                    self._actor(SequenceScorer, "scorer", i, paths, s.batch_size, s.dtype)
+                    # a scorer with another vocabulary than the policy's re-encodes the text (models/bridge.py)
+                    self._actor(SequenceScorer, "scorer", i, paths, s.batch_size, s.dtype, m.policy)
                     for i in range(n_pools)
                 ]
             )
@@ -183,7 +184,9 @@ class ClusterBuilder:
         return JointScorer(parts, 1 + len(m.constraints))
 
     def reference(self) -> ScorerPool:
-        handle = self._actor(ReferenceScorer, "reference", 0, self.models.reference)
+        # π_ref in the training dtype: the actor's log-probs are in it, so the KL is exactly zero at step 0
+        dtype = {"fp32": "float32", "bf16": "bfloat16"}[self.config.training.dtype]
+        handle = self._actor(ReferenceScorer, "reference", 0, self.models.reference, dtype=dtype)
         return ScorerPool([handle])
 
     def trainer(

@@ -18,7 +18,7 @@ from ray_align.algorithms import algorithm_module
 from ray_align.config import JobConfig, dump_config
 from ray_align.errors import UserError
 from ray_align.models.resolve import resolve_models
-from ray_align.run_dir import start_run_folder
+from ray_align.run_dir import RunDir, start_run_folder
 from ray_align.tracking import open_sinks
 
 logger = logging.getLogger("ray_align")

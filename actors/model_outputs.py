@@ -64,7 +64,10 @@ def load_model(model_path: str, model_kind: str, train: TrainConfig) -> nn.Modul
         "token_value": transformers.AutoModelForTokenClassification,
         "sequence_score": transformers.AutoModelForSequenceClassification,
     }[model_kind]
-    model = auto.from_pretrained(model_path, dtype=torch.float32)
+    # score and value heads have one output; without num_labels a checkpoint saved without one (a causal LM,
+    # a classifier from elsewhere) gets transformers' default of two, and column 1 would be trained for nothing
+    heads = {} if model_kind == "causal_lm" else {"num_labels": 1}
+    model = auto.from_pretrained(model_path, dtype=torch.float32, **heads)
     if train.disable_dropout:
         disable_dropout(model)
     if train.gradient_checkpointing:

@@ -54,16 +54,29 @@ def _joined(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence
 
 
 class SequenceScorer:
-    """Reward and cost models: one score per sequence from each model, read at the last non-pad token.
+    """Reward and cost models: one score per sequence from each model.
 
-    Implements ``ray_align.cluster.Scorer``. Each model is an ``AutoModelForSequenceClassification`` checkpoint;
-    its head runs on the base model's last hidden state at index ``attention_mask.sum(-1) - 1`` (right padding),
-    rather than on HF's own pooling, which locates the last token by comparing ids to the pad id and so misreads
-    sequences whose pad id is also their EOS.
+    Implements ``ray_align.cluster.Scorer``. Each model is an ``AutoModelForSequenceClassification`` checkpoint.
+    A decoder's head (named ``score``: Llama, GPT-2, Qwen, Mistral) runs on the base model's last hidden state at
+    index ``attention_mask.sum(-1) - 1`` (right padding), rather than on HF's own pooling, which locates the
+    last token by comparing ids to the pad id and so misreads sequences whose pad id is also their EOS. Other
+    classifiers (BERT-style encoders) pool as their own forward does.
+
+    ``policy_tokenizer``: the policy's checkpoint. A model whose vocabulary differs from it gets the samples as
+    text re-encoded with its own tokenizer (``ray_align.models.bridge``); one with the same vocabulary reads the
+    policy's ids untouched. Without it every model reads the ids as they are.
     """
 
-    def __init__(self, model_paths: Sequence[str], batch_size: int = 16, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        model_paths: Sequence[str],
+        batch_size: int = 16,
+        dtype: str = "float32",
+        policy_tokenizer: str | None = None,
+    ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ray_align.models.bridge import bridge_for
 
         self.model_paths = [str(p) for p in model_paths]
         self.batch_size = batch_size
@@ -72,28 +85,36 @@ class SequenceScorer:
             AutoModelForSequenceClassification.from_pretrained(p, dtype=_DTYPES[dtype]).to(self.device).eval()
             for p in self.model_paths
         ]
-        tokenizer = AutoTokenizer.from_pretrained(self.model_paths[0])
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        for path, model in zip(self.model_paths, self.models):
+            if model.config.num_labels != 1:  # one column per model: the cluster's score table needs it
+                raise ValueError(
+                    f"score model {path} has {model.config.num_labels} outputs; a reward or cost model has one "
+                    "(num_labels: 1 in its config.json)"
+                )
+        tokenizers = [AutoTokenizer.from_pretrained(p) for p in self.model_paths]
+        policy = AutoTokenizer.from_pretrained(str(policy_tokenizer)) if policy_tokenizer else None
+        self.bridges = [bridge_for(policy, t) if policy is not None else None for t in tokenizers]
+        self.pad_ids = [_pad_id(t) for t in tokenizers]
 
     def ready(self) -> bool:
         return True
 
-    @staticmethod
-    def _head(model: Any) -> torch.nn.Module:
-        for name in ("score", "classifier"):
-            if isinstance(getattr(model, name, None), torch.nn.Module):
-                return getattr(model, name)
-        raise TypeError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+    def bridged(self) -> list[bool]:
+        """Per model: whether its input is re-encoded text (its vocabulary differs from the policy's)."""
+        return [b is not None for b in self.bridges]
 
     @torch.no_grad()
     def _score_batch(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask [B, T] -> head output at the last real token [B, num_labels] (float32)."""
+        head = getattr(model, "score", None)
+        if not isinstance(head, torch.nn.Module):  # an encoder classifier: its own pooling ([CLS] for BERT)
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         hidden = model.base_model(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state  # [B,T,H]
         last = attention_mask.sum(-1) - 1  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B,H]
-        return self._head(model)(pooled).float()
+        return head(pooled).float()
 
     def score(
         self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], first_index: int = 0
@@ -102,12 +123,13 @@ class SequenceScorer:
 
         ``first_index``: index of the first row in the whole batch (a pool's shard offset), for error messages.
         """
-        sequences = _joined(prompt_ids, response_ids)
+        joined = _joined(prompt_ids, response_ids)
         columns = []
-        for path, model in zip(self.model_paths, self.models):
+        for path, model, bridge, pad_id in zip(self.model_paths, self.models, self.bridges, self.pad_ids):
+            sequences = joined if bridge is None else bridge.encode(prompt_ids, response_ids)
             parts = []
             for rows in _batches(len(sequences), self.batch_size):
-                input_ids, attention_mask = right_pad(sequences[rows], self.pad_id)
+                input_ids, attention_mask = right_pad(sequences[rows], pad_id)
                 scores = self._score_batch(model, input_ids.to(self.device), attention_mask.to(self.device))
                 parts.append(
                     check_finite(scores.cpu().numpy(), f"score model {path}", first_index + rows.start)
@@ -115,6 +137,21 @@ class SequenceScorer:
             columns.append(np.concatenate(parts, axis=0))  # [n, num_labels]
         table = np.concatenate(columns, axis=1)
         return table[:, 0] if table.shape[1] == 1 else table
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Parameters to ``dtype``, buffers unchanged (what DeepSpeed's bf16/fp16 modes do to the trained model)."""
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """Padding is masked out, so any real id serves: the pad token, else EOS, else 0."""
+    for pad_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if pad_id is not None:
+            return int(pad_id)
+    return 0
 
 
 class ReferenceScorer:
@@ -131,12 +168,13 @@ class ReferenceScorer:
         self.model_path = str(model_path)
         self.batch_size = batch_size
         self.device = _device()
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=_DTYPES[dtype]).to(
-            self.device
-        )
+        # loaded as a trainer rank's model is (fp32, then DeepSpeed casts the parameters and keeps buffers such as
+        # the rotary frequencies in fp32), so the reference's log-probs equal the actor's at step 0: KL = 0
+        self.model = cast_parameters(
+            AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32), _DTYPES[dtype]
+        ).to(self.device)
         self.model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = _pad_id(AutoTokenizer.from_pretrained(self.model_path))
 
     def ready(self) -> bool:
         return True

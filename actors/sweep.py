@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -39,12 +38,13 @@ from ray_align.algorithms import algorithm_module
 from ray_align.algorithms.common import prompt_token_ids
 from ray_align.cluster import Cluster
 from ray_align.config import JobConfig, dump_config
+from ray_align.errors import UserError
 from ray_align.eval.collect import PolicyToEvaluate, load_weights, sample_policy
 from ray_align.eval.prompts import held_out_prompts
 from ray_align.models.resolve import ResolvedModels, resolve_models
 from ray_align.placement import plan_placement, resources_for
 from ray_align.report.run_report import write_run_report
-from ray_align.run_dir import RunDir, start_run_folder
+from ray_align.run_dir import RunDir, atomic_write_with, start_run_folder
 from ray_align.sweep.plan import (
     SHARED,
     SweepPlan,
@@ -54,7 +54,7 @@ from ray_align.sweep.plan import (
     lanes_that_fit,
     role_resources,
 )
-from ray_align.sweep.report import console_lines, write_sweep_outputs
+from ray_align.sweep.report import console_summary, write_sweep_outputs
 from ray_align.sweep.steps import STEPS
 from ray_align.tracking import open_sinks
 
@@ -74,8 +74,10 @@ class PointRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def fail(self, status: str, error: BaseException) -> None:
-        self.status, self.error = status, f"{type(error).__name__}: {error}"
-        logger.error("point %s: %s", self.point.name, self.error)
+        """Record why the point stopped; a user error is its message, anything else keeps its traceback."""
+        user = isinstance(error, UserError)
+        self.status, self.error = status, str(error) if user else f"{type(error).__name__}: {error}"
+        logger.error("point %s: %s", self.point.name, self.error, exc_info=None if user else error)
 
     def record(self) -> dict[str, Any]:
         p = self.point
@@ -119,13 +121,13 @@ class EvalSession:
         self.prompts = held_out_prompts(config).head(config.eval.num_prompts)
         self.ids = prompt_token_ids(self.prompts.texts, config, cluster.policy_path)
         self.sampling = eval_sampling(config)
-        self.loaded = cluster.policy_path  # the engines start with the policy's weights
+        self.loaded: str | None = None  # unknown: the shared part may have loaded π_ref (models.reference)
         self._reference: pd.DataFrame | None = None
         self.seconds = 0.0
 
     def frame(self, policy: PolicyToEvaluate) -> pd.DataFrame:
         start = time.perf_counter()
-        if Path(policy.path).resolve() != Path(self.loaded).resolve():
+        if self.loaded is None or Path(policy.path).resolve() != Path(self.loaded).resolve():
             self.cluster.generator.update_weights(load_weights(policy.path))
             self.loaded = policy.path
         frame = sample_policy(self.cluster, policy.name, self.prompts, self.ids, self.sampling)
@@ -141,12 +143,11 @@ class EvalSession:
 def _copy_tables(shared: RunDir, out: RunDir, names: tuple[str, ...]) -> None:
     """The shared π_ref table into the point's tables/, so its report.md draws its own trade-off plot."""
     for name in names:
-        source, target = shared.path("tables", name), out.path("tables", name)
+        source = shared.path("tables", name)
         if source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            atomic_write_with(
+                out.path("tables", name), lambda tmp, source=source: shutil.copyfile(source, tmp)
+            )
 
 
 def _view(cluster: Cluster, coordinator: Any, new_trainer: Any = None, engines: bool = False) -> Cluster:
@@ -178,8 +179,10 @@ def _open_point(
     try:
         run.prepared = steps.prepare(config, _view(cluster, run.coordinator), shared)
         run.status = "ready"
-    except ValueError as e:
+    except UserError as e:  # an infeasible margin
         run.fail("dual failed", e)
+    except ValueError as e:  # a solve that did not converge
+        run.fail("dual failed", UserError(str(e)))
 
 
 def _train_point(run: PointRun, steps: Any, shared: Any, cluster: Cluster, models: ResolvedModels) -> None:
@@ -269,7 +272,6 @@ def _run_points(runs, steps, shared, cluster, models, parallel, session, timing)
                 future.result()
                 _evaluate_point(run, session, models, timing["shared"])
             except Exception as e:  # one point's failure leaves the others running
-                logger.debug("point %s failed", run.point.name, exc_info=True)
                 run.fail("failed", e)
     ends = [r.seconds.pop("train_end") for r in ready if "train_end" in r.seconds]
     timing["trainings_wall"] = (max(ends) - start) if ends else 0.0
@@ -281,7 +283,9 @@ def _run_shared(plan: SweepPlan, parallel: int | None, overwrite: bool, timing: 
     steps = STEPS[plan.algorithm]
     base = plan.base
     models = resolve_models(base.models, seed=base.seed)
+    start = time.perf_counter()
     cluster, builder, parallel = _start_shared(plan, parallel, models)
+    timing["start_roles"] = time.perf_counter() - start
     timing["parallel"] = parallel
     runs = [PointRun(p) for p in plan.points]
     try:
@@ -320,7 +324,6 @@ def _run_independent(plan: SweepPlan, parallel: int | None, overwrite: bool, tim
             run_job(run.point.config, overwrite=overwrite, preflight=False)
             run.status = "done"
         except Exception as e:
-            logger.debug("point %s failed", run.point.name, exc_info=True)
             run.fail("failed", e)
         run.seconds["run"] = time.perf_counter() - start
 
@@ -360,23 +363,5 @@ def run_sweep(plan: SweepPlan, *, parallel: int | None = None, overwrite: bool =
         "points": [r.record() for r in runs],
     }
     frame = write_sweep_outputs(plan.root, meta, {r.point.name: r.point.config.can.beta for r in runs})
-    print(summary_text(plan, meta, frame))
+    print(console_summary(meta, frame, plan.root))
     return meta
-
-
-def summary_text(plan: SweepPlan, meta: dict[str, Any], frame: pd.DataFrame) -> str:
-    t = meta["timing"]
-    lines = [f"ray-align sweep {plan.algorithm}: {len(meta['points'])} points in {t['wall']:.1f} s"]
-    if "trainings_wall" in t:
-        lines.append(
-            f"shared part {t.get('shared', 0):.1f} s · trainings {t['trainings_wall']:.1f} s wall for "
-            f"{t['trainings_sum']:.1f} s of training ({t['parallel']:g} at a time) · evaluations "
-            f"{t['evaluations_sum']:.1f} s"
-        )
-    else:
-        lines.append(
-            f"runs {t['runs_wall']:.1f} s wall, {t['runs_sum']:.1f} s summed ({t['parallel']:g} at a time)"
-        )
-    lines += console_lines(frame, meta["constraints"])
-    lines.append(f"sweep: {plan.root / 'sweep.md'}")
-    return "\n".join(lines)

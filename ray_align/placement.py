@@ -18,7 +18,7 @@ members' resources add up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -180,3 +180,35 @@ def resources_for(config: JobConfig, roles: Sequence[str]) -> ResourcesFile:
     # Sleep mode only matters when this run has both engines and trainer ranks on the shared GPUs.
     out.engine_sleep = full.engine_sleep and out.engines_share_trainer_gpus()
     return out
+
+
+def place_on_nodes(plan: PlacementPlan, nodes: Sequence[Mapping[str, float]]) -> list[int] | None:
+    """A node index per bundle such that every node's resources cover its bundles, or None if none is found.
+
+    ``nodes``: each node's resources (``{"CPU": 8, "GPU": 4, ...}``). First fit, largest bundles (by GPUs, then
+    CPUs) first; STRICT_PACK needs one node for all, STRICT_SPREAD a different node per bundle. Used to check a
+    cluster definition against the job it is meant for, before asking Ray.
+    """
+    free = [dict(n) for n in nodes]
+    order = sorted(range(len(plan.bundles)), key=lambda b: (-plan.bundles[b].get("GPU", 0.0), -plan.bundles[b]["CPU"]))
+    where: list[int] = [-1] * len(plan.bundles)
+    used: set[int] = set()
+
+    def fits(bundle: Mapping[str, float], node: Mapping[str, float]) -> bool:
+        return all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+
+    for b in order:
+        bundle = plan.bundles[b]
+        candidates = range(len(free))
+        if plan.strategy == "STRICT_PACK" and used:
+            candidates = range(next(iter(used)), next(iter(used)) + 1)
+        elif plan.strategy == "STRICT_SPREAD":
+            candidates = [n for n in candidates if n not in used]
+        node = next((n for n in candidates if fits(bundle, free[n])), None)
+        if node is None:
+            return None
+        for k, v in bundle.items():
+            free[node][k] = free[node].get(k, 0.0) - v
+        where[b] = node
+        used.add(node)
+    return where

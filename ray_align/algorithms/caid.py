@@ -34,20 +34,29 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from ray_align.algorithms.common import (
+    generators_on_reference,
     load_dataset,
     prompt_texts,
     prompt_token_ids,
+    reference_path,
     sample_and_score,
     sampling_from,
 )
 from ray_align.algorithms.mocan import dataset_pairs_scored, sample_pairs
-from ray_align.algorithms.preference import labelled_pairs, pair_logps, steps_for, train_pairs
+from ray_align.algorithms.preference import (
+    labelled_pairs,
+    pair_logps,
+    reference_pair_logps,
+    steps_for,
+    train_pairs,
+)
 from ray_align.algorithms.rollout import DUAL_FILE, FINGERPRINT_FILE
 from ray_align.algorithms.rollout import resume_point as resume_from
 from ray_align.algorithms.sample_score import dual_bounds
 from ray_align.algorithms.stages import config_fingerprint
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
+from ray_align.data.formatting import tokenizer_pad_id
 from ray_align.dual.can import thresholds
 from ray_align.labels import mocan_labels
 from ray_align.losses.specs import DPOSpec
@@ -76,6 +85,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     # 0. π_ref samples: the reference utilities, the warm start and the pairs (recomputed on resume: seeded)
     texts = prompt_texts(train, c.num_prompts)
     ids = prompt_token_ids(texts, config, cluster.policy_path)
+    generators_on_reference(config, cluster)
     ref_samples = sample_and_score(cluster, ids, sampling_from(config, n=c.samples_per_prompt))
     table = ref_samples.table()
     tau = thresholds(table, margin=bounds["margin"], threshold=bounds["threshold"])
@@ -90,6 +100,16 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
 
     per_iteration = steps_for(len(first), t.batch_size, c.epochs_per_iteration)
     steps = max(1, c.iterations - start) * per_iteration
+    pad_id = tokenizer_pad_id(tokenizer, config.models.pad_token)
+    both = [{"chosen": a, "rejected": b} for a, b in zip(first, second)]
+    # π_ref log-probs of both orientations; the labels only pick "chosen". From models.reference when it is
+    # another checkpoint (before θ's trainer takes the bundles), else from θ's initial weights.
+    ref_path = reference_path(config, cluster)
+    ref = (
+        None
+        if ref_path == cluster.policy_path
+        else reference_pair_logps(cluster, ref_path, both, pad_id, t.batch_size)
+    )
     trainer = cluster.new_trainer(cluster.policy_path, "causal_lm", total_steps=steps, rows_per_example=2)
     # the finished iterations' records (as logged), then a clean slate for the rest
     history = [
@@ -101,11 +121,8 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     out.drop_metrics(*(f"caid_dpo_{it}" for it in range(start, c.iterations)))
     out.drop_metrics("caid", from_step=start)
     try:
-        pad_id = tokenizer.pad_token_id
-        # π_ref log-probs of both orientations (from the initial weights); the labels only pick "chosen".
-        ref = pair_logps(
-            trainer, [{"chosen": a, "rejected": b} for a, b in zip(first, second)], pad_id, t.batch_size
-        )
+        if ref is None:
+            ref = pair_logps(trainer, both, pad_id, t.batch_size)
         if resumed:  # θ_start; the generators sample it only after the next DPO step, which syncs them
             trainer.load(str(resumed[1]))
         spec = DPOSpec(

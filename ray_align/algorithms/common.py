@@ -70,6 +70,21 @@ def tokenize_options(config: JobConfig) -> dict:
     return {"template": d.template, "max_length": d.max_length, "append_eos": d.response_eos}
 
 
+def reference_path(config: JobConfig, cluster: Cluster) -> str:
+    """π_ref's checkpoint: ``models.reference``, else the policy's start (the SFT model)."""
+    return config.models.reference or cluster.policy_path
+
+
+def generators_on_reference(config: JobConfig, cluster: Cluster) -> None:
+    """Load π_ref into the generators when ``models.reference`` is another checkpoint than the policy they
+    start on, so that what is sampled "from π_ref" (the dual's table, CAID's first sample) is π_ref."""
+    path = reference_path(config, cluster)
+    if cluster.generator is not None and Path(path).resolve() != Path(cluster.policy_path).resolve():
+        from ray_align.eval.collect import load_weights
+
+        cluster.generator.update_weights(load_weights(path))
+
+
 def prompt_texts(ds, limit: int | None) -> list[str]:
     texts = list(prompts(ds)["prompt"])
     return texts[:limit] if limit else texts

@@ -11,12 +11,19 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
-from ray_align.algorithms.common import load_dataset, tokenize_options
-from ray_align.algorithms.preference import Pairs, pair_logps, steps_for, train_pairs
+from ray_align.algorithms.common import load_dataset, reference_path, tokenize_options
+from ray_align.algorithms.preference import (
+    Pairs,
+    pair_logps,
+    reference_pair_logps,
+    steps_for,
+    train_pairs,
+)
 from ray_align.algorithms.stages import finished_stage, record_stage
 from ray_align.cluster import Cluster
 from ray_align.config.schema import JobConfig
 from ray_align.data import helpfulness_pairs, safety_pairs, tokenize_pairs
+from ray_align.data.formatting import tokenizer_pad_id
 from ray_align.losses.specs import DPOSpec
 from ray_align.run_dir import RunDir
 
@@ -38,18 +45,27 @@ def dpo_run(
     pairs: Pairs,
     beta: float,
     stage: str,
+    reference_path: str | None = None,
 ) -> tuple[str, dict]:
-    """Train one DPO policy from ``model_path`` (which is also its reference); returns (checkpoint, stats).
+    """Train one DPO policy from ``model_path``; returns (checkpoint, stats).
 
+    π_ref is ``reference_path`` (``models.reference``) when it names another checkpoint, else ``model_path``
+    itself (its log-probs then come from the trainer before its first step, with no second model loaded).
     A stage an earlier attempt of this job finished is reused (ray_align.algorithms.stages)."""
     if done := finished_stage(config, out, stage):
         return done
     t = config.training
     steps = steps_for(len(pairs), t.batch_size, t.epochs)
+    pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(model_path), config.models.pad_token)
+    separate = reference_path is not None and reference_path != model_path
+    # step 1: π_ref's log-probs, before the policy's trainer takes the bundles
+    ref = (
+        reference_pair_logps(cluster, reference_path, pairs.pairs, pad_id, t.batch_size) if separate else None
+    )
     trainer = cluster.new_trainer(model_path, "causal_lm", total_steps=steps, rows_per_example=2)
     try:
-        pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
-        ref = pair_logps(trainer, pairs.pairs, pad_id, t.batch_size)  # step 1: π_ref = the initial weights
+        if ref is None:  # π_ref = the initial weights
+            ref = pair_logps(trainer, pairs.pairs, pad_id, t.batch_size)
         spec = DPOSpec(beta=beta, label_smoothing=config.dpo.label_smoothing, loss_type=config.dpo.loss_type)
         history = train_pairs(
             trainer,
@@ -83,7 +99,14 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
     pairs = dataset_pairs(train, config.dpo.preference, tokenizer, config)
     checkpoint, stats = dpo_run(
-        config, cluster, out, model_path=cluster.policy_path, pairs=pairs, beta=config.dpo.beta, stage="dpo"
+        config,
+        cluster,
+        out,
+        model_path=cluster.policy_path,
+        pairs=pairs,
+        beta=config.dpo.beta,
+        stage="dpo",
+        reference_path=reference_path(config, cluster),
     )
     result = {"checkpoint": checkpoint, "pairs": len(pairs), **stats}
     out.write_result(result)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from ray_align.algorithms.common import load_dataset, tokenize_options
+from ray_align.algorithms.common import load_dataset, reference_path, tokenize_options
 from ray_align.algorithms.preference import Example, batches, example_logps, steps_for
 from ray_align.algorithms.stages import finished_stage, record_stage
 from ray_align.cluster import Cluster, PolicyTrainer
@@ -161,6 +161,15 @@ def kto_weights(config: JobConfig, desirable: np.ndarray) -> tuple[float, float]
     return config.kto.desirable_weight, float(w_minus)
 
 
+def singleton_logps(
+    trainer: PolicyTrainer, data: Singletons, pad_id: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Log-probs [n] of the singletons and of their mismatched partners (None without partners)."""
+    ref = example_logps(trainer, data.examples, pad_id, batch_size)
+    partners = data.mismatched
+    return ref, example_logps(trainer, partners, pad_id, batch_size) if partners is not None else None
+
+
 def kto_run(
     config: JobConfig,
     cluster: Cluster,
@@ -170,23 +179,29 @@ def kto_run(
     data: Singletons,
     beta: float,
     stage: str,
+    reference_path: str | None = None,
 ) -> tuple[str, dict]:
-    """Train one KTO policy from ``model_path`` (which is also its reference); returns (checkpoint, stats).
+    """Train one KTO policy from ``model_path``; returns (checkpoint, stats).
 
+    π_ref is ``reference_path`` (``models.reference``) when it names another checkpoint, else ``model_path``
+    itself (its log-probs then come from the trainer before its first step).
     A stage an earlier attempt of this job finished is reused (ray_align.algorithms.stages)."""
     if done := finished_stage(config, out, stage):
         return done
     t = config.training
-    with_partners = data.mismatched is not None
     steps = steps_for(len(data), t.batch_size, t.epochs)
+    pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(model_path), config.models.pad_token)
+    separate = reference_path is not None and reference_path != model_path
+    if separate:  # step 3 on π_ref's own trainer, freed before the policy's takes the bundles
+        reference = cluster.new_trainer(reference_path, "causal_lm", total_steps=1)
+        try:
+            ref, ref_mismatched = singleton_logps(reference, data, pad_id, t.batch_size)
+        finally:
+            reference.shutdown()
     trainer = cluster.new_trainer(model_path, "causal_lm", total_steps=steps)
     try:
-        pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(model_path))
-        # step 3: π_ref = the initial weights, for the singletons and their partners
-        ref = example_logps(trainer, data.examples, pad_id, t.batch_size)
-        ref_mismatched = (
-            example_logps(trainer, data.mismatched, pad_id, t.batch_size) if with_partners else None
-        )
+        if not separate:  # step 3: π_ref = the initial weights
+            ref, ref_mismatched = singleton_logps(trainer, data, pad_id, t.batch_size)
         # step 4: class weights
         w_plus, w_minus = kto_weights(config, data.desirable)
         spec = KTOSpec(beta=beta, desirable_weight=w_plus, undesirable_weight=w_minus)
@@ -214,7 +229,14 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     data = safety_singletons(train, tokenizer, config)
     # steps 2-5
     checkpoint, stats = kto_run(
-        config, cluster, out, model_path=cluster.policy_path, data=data, beta=config.kto.beta, stage="kto"
+        config,
+        cluster,
+        out,
+        model_path=cluster.policy_path,
+        data=data,
+        beta=config.kto.beta,
+        stage="kto",
+        reference_path=reference_path(config, cluster),
     )
     result = {
         "checkpoint": checkpoint,

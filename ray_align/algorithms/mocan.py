@@ -16,9 +16,11 @@ from transformers import AutoTokenizer
 
 from ray_align.algorithms.common import (
     ScoredSamples,
+    generators_on_reference,
     load_dataset,
     prompt_texts,
     prompt_token_ids,
+    reference_path,
     sample_and_score,
     sampling_from,
     tokenize_options,
@@ -94,6 +96,7 @@ def reference_part(config: JobConfig, cluster: Cluster, out: RunDir) -> Referenc
     train, _ = load_dataset(config)
     texts = prompt_texts(train, config.can.num_prompts)
     ids = prompt_token_ids(texts, config, cluster.policy_path)
+    generators_on_reference(config, cluster)
     samples = sample_and_score(cluster, ids, sampling_from(config, n=config.can.samples_per_prompt))
     samples.write(out.path("tables", "reference_samples.parquet"), texts, names)
     if config.can.pairs == "samples":
@@ -135,6 +138,7 @@ def train_at(
         pairs=pairs,
         beta=config.can.beta,
         stage="mocan_dpo",
+        reference_path=reference_path(config, cluster),
     )
     result = {
         "checkpoint": checkpoint,

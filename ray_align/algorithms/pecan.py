@@ -31,9 +31,11 @@ from transformers import AutoTokenizer
 
 from ray_align.algorithms.common import (
     ScoredSamples,
+    generators_on_reference,
     load_dataset,
     prompt_texts,
     prompt_token_ids,
+    reference_path,
     sampling_from,
 )
 from ray_align.algorithms.dpo import dataset_pairs, dpo_run
@@ -86,9 +88,9 @@ def implicit_scores(
     π_ref only, and the generators' sampling log-probs come from another engine's kernels.)
     """
     batch_size = config.training.batch_size
-    trainer = cluster.new_trainer(cluster.policy_path, "causal_lm", total_steps=1)
+    trainer = cluster.new_trainer(reference_path(config, cluster), "causal_lm", total_steps=1)
     try:
-        pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(cluster.policy_path))
+        pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(cluster.policy_path), config.models.pad_token)
         logp_ref = example_logps(trainer, examples, pad_id, batch_size)
         trainer.load(policy_h)
         logp_h = example_logps(trainer, examples, pad_id, batch_size)
@@ -119,7 +121,7 @@ def preference_policies(config: JobConfig, cluster: Cluster, out: RunDir, train,
             config,
             cluster,
             out,
-            model_path=cluster.policy_path,
+            model_path=reference_path(config, cluster),  # DPO_H and DPO_S start at π_ref
             pairs=pairs,
             beta=config.can.beta,
             stage=f"pecan_{preference}",
@@ -151,6 +153,7 @@ def reference_part(config: JobConfig, cluster: Cluster, out: RunDir) -> Referenc
     # 2. N × K samples of π_ref
     texts = prompt_texts(train, config.can.num_prompts)
     ids = prompt_token_ids(texts, config, cluster.policy_path)
+    generators_on_reference(config, cluster)
     rollouts = cluster.generator.generate(ids, sampling_from(config, n=config.can.samples_per_prompt))
     sampled = [join_example(list(p), list(r)) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
     # 3. implicit scores of the samples and of the pairs to relabel, in one pass per model
@@ -196,7 +199,14 @@ def train_at(
     )
     pairs = labelled_pairs(reference.first, reference.second, labels, soft)
     checkpoint, stats = dpo_run(
-        config, cluster, out, model_path=cluster.policy_path, pairs=pairs, beta=beta, stage="pecan_dpo"
+        config,
+        cluster,
+        out,
+        model_path=cluster.policy_path,
+        pairs=pairs,
+        beta=beta,
+        stage="pecan_dpo",
+        reference_path=reference_path(config, cluster),
     )
     result = {
         "checkpoint": checkpoint,

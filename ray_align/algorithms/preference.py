@@ -63,6 +63,18 @@ def pair_logps(trainer: PolicyTrainer, pairs: Sequence[Pair], pad_id: int, batch
     return np.concatenate(out, axis=0)
 
 
+def reference_pair_logps(
+    cluster, reference_path: str, pairs: Sequence[Pair], pad_id: int, batch_size: int
+) -> np.ndarray:
+    """[P, 2] log-probs under a reference other than the trained policy's start: a trainer group loaded from
+    ``reference_path`` (so in the training dtype, as the policy's own log-probs are), freed right after."""
+    trainer = cluster.new_trainer(reference_path, "causal_lm", total_steps=1, rows_per_example=2)
+    try:
+        return pair_logps(trainer, pairs, pad_id, batch_size)
+    finally:
+        trainer.shutdown()
+
+
 def example_logps(
     trainer: PolicyTrainer, examples: Sequence[Example], pad_id: int, batch_size: int
 ) -> np.ndarray:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ray_align.algorithms.common import load_dataset
+from ray_align.algorithms.common import load_dataset, reference_path
 from ray_align.algorithms.dpo import dataset_pairs, dpo_run
 from ray_align.algorithms.kto import helpfulness_singletons, kto_run, safety_singletons
 from ray_align.cluster import Cluster
@@ -52,21 +52,44 @@ def step_loss(config: JobConfig, preference: str) -> str:
 
 
 def align_step(
-    config: JobConfig, cluster: Cluster, out: RunDir, ds, *, preference: str, model_path: str, stage: str
+    config: JobConfig,
+    cluster: Cluster,
+    out: RunDir,
+    ds,
+    *,
+    preference: str,
+    model_path: str,
+    stage: str,
+    reference_path: str | None = None,
 ) -> tuple[str, dict]:
-    """One SACPO step from ``model_path``, which is also the step's reference (the trainer's initial weights)."""
+    """One SACPO step from ``model_path``; its reference is ``reference_path`` when given (step 1 with
+    ``models.reference`` set), else ``model_path`` itself (the trainer's initial weights)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     beta, loss = step_beta(config, preference), step_loss(config, preference)
     if loss == "dpo":
         pairs = dataset_pairs(ds, preference, tokenizer, config)
         checkpoint, stats = dpo_run(
-            config, cluster, out, model_path=model_path, pairs=pairs, beta=beta, stage=stage
+            config,
+            cluster,
+            out,
+            model_path=model_path,
+            pairs=pairs,
+            beta=beta,
+            stage=stage,
+            reference_path=reference_path,
         )
     else:
         build = safety_singletons if preference == "safety" else helpfulness_singletons
         data = build(ds, tokenizer, config)
         checkpoint, stats = kto_run(
-            config, cluster, out, model_path=model_path, data=data, beta=beta, stage=stage
+            config,
+            cluster,
+            out,
+            model_path=model_path,
+            data=data,
+            beta=beta,
+            stage=stage,
+            reference_path=reference_path,
         )
     return checkpoint, {"preference": preference, "loss": loss, "beta": beta, **stats}
 
@@ -109,6 +132,7 @@ def first_step(config: JobConfig, cluster: Cluster, out: RunDir, train) -> tuple
         preference=first,
         model_path=cluster.policy_path,
         stage=f"sacpo_1_{first}",
+        reference_path=reference_path(config, cluster),
     )
 
 

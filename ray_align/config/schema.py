@@ -38,7 +38,8 @@ class ModelsConfig(Section):
 
     tiny: bool = False
     policy: str | None = None
-    reference: str | None = None  # defaults to the policy checkpoint (the SFT model)
+    reference: str | None = None  # π_ref (sampled for the dual, the DPO/KTO reference, the KL); default: policy
+    pad_token: str | None = None  # pads training batches; default: the tokenizer's pad token, else its EOS
     reward: str | None = None
     reward_function: str | None = None  # "module:function", for verifiable tasks
     costs: list[CostModel] = Field(default_factory=list)

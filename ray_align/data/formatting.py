@@ -193,13 +193,21 @@ def tokenize_prompt(
 # ---------------------------------------------------------------------------------------------- collate
 
 
-def tokenizer_pad_id(tokenizer: Any) -> int:
-    """The tokenizer's pad id; an error (not a silent fallback) when it has none."""
-    if tokenizer.pad_token_id is None:
-        raise ValueError(
-            "tokenizer has no pad_token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)"
-        )
-    return int(tokenizer.pad_token_id)
+def tokenizer_pad_id(tokenizer: Any, pad_token: str | None = None) -> int:
+    """The id padding uses: ``pad_token`` (``models.pad_token``) when given, else the tokenizer's pad token,
+    else its EOS token (Llama and Mistral tokenizers ship without a pad token; padded positions are masked, so
+    any real id serves). An error when there is none of these."""
+    if pad_token is not None:
+        ids = tokenizer.convert_tokens_to_ids([pad_token])
+        if not ids or ids[0] is None or ids[0] == getattr(tokenizer, "unk_token_id", None):
+            raise ValueError(f"models.pad_token {pad_token!r} is not a token of the policy's tokenizer")
+        return int(ids[0])
+    for pad_id in (tokenizer.pad_token_id, getattr(tokenizer, "eos_token_id", None)):
+        if pad_id is not None:
+            return int(pad_id)
+    raise ValueError(
+        "tokenizer has no pad_token and no eos_token; set models.pad_token to a token of its vocabulary"
+    )
 
 
 def collate(examples: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -44,11 +44,16 @@ def needed_checkpoints(config: JobConfig, roles: tuple[str, ...], found: Finding
     wanted = [policy]
     scores = "scorer" in roles
     # as ray_align.models.resolve: the tiny reward model stands in unless a reward function replaces it
-    reward = pick("models.reward", m.reward, "reward") if m.reward or not m.reward_function else None
-    cost_paths = [Checkpoint(f"models.costs.{j}.path", c.path) for j, c in enumerate(m.costs) if c.path]
+    # reward and cost models get text re-encoded with their own tokenizer when it differs (models/bridge.py)
+    reward = pick("models.reward", m.reward, "reward", False) if m.reward or not m.reward_function else None
+    cost_paths = [
+        Checkpoint(f"models.costs.{j}.path", c.path, reads_policy_tokens=False)
+        for j, c in enumerate(m.costs)
+        if c.path
+    ]
     if not m.costs and m.tiny:
-        cost_paths = [Checkpoint("models.tiny (cost)", str(tiny_root / "cost"), True)]
-    if "reference" in roles:
+        cost_paths = [Checkpoint("models.tiny (cost)", str(tiny_root / "cost"), True, False)]
+    if "reference" in roles or m.reference:
         wanted.append(pick("models.reference", m.reference, "policy") or policy)
     if scores or algorithm == "reward_model":
         if reward is None and not (scores and m.reward_function):
@@ -65,13 +70,22 @@ def needed_checkpoints(config: JobConfig, roles: tuple[str, ...], found: Finding
             found.problem("models.costs: algorithm cost_model trains from a cost model; add one with a path")
         wanted += cost_paths[:1]
     if "critic" in roles:
-        critic = pick("models.critic", m.critic, "critic") or reward
-        cost_critic = pick("models.cost_critic", m.cost_critic, "critic") or next(iter(cost_paths), None)
+        # a critic starts from a score model but reads the policy's token ids: no bridge there
+        critic = pick("models.critic", m.critic, "critic") or _as_critic("models.critic", reward)
+        cost_critic = pick("models.cost_critic", m.cost_critic, "critic") or _as_critic(
+            "models.cost_critic", next(iter(cost_paths), None)
+        )
         for key, value in (("models.critic", critic), ("models.cost_critic", cost_critic)):
             if value is None:
                 found.problem(f"{key}: algorithm {algorithm} trains value models; set {key} to a checkpoint")
         wanted += [critic, cost_critic]
     return list({c.path + c.key: c for c in wanted if c is not None}.values())
+
+
+def _as_critic(key: str, scorer: Checkpoint | None) -> Checkpoint | None:
+    if scorer is None:
+        return None
+    return Checkpoint(f"{key} (= {scorer.key})", scorer.path, scorer.tiny, reads_policy_tokens=True)
 
 
 def _hub_folder(repo_id: str) -> Path | None:
@@ -174,6 +188,7 @@ def check_models(config: JobConfig, roles: tuple[str, ...], found: Findings) -> 
             template=config.data.template,
             response_eos=config.data.response_eos,
             trains="trainer" in roles,
+            pad_token=config.models.pad_token,
         )
     )
     for ck in checkpoints[1:]:
@@ -183,6 +198,7 @@ def check_models(config: JobConfig, roles: tuple[str, ...], found: Findings) -> 
         reason = tokenizer_mismatch(policy_dir, folder)
         if reason:
             found.problem(
-                f"{ck.key}: its tokenizer differs from the policy's ({policy.key}: {reason}); for now every "
-                "scorer, reference and critic must use the policy's tokenizer (bridging tokenizers is planned)"
+                f"{ck.key}: its tokenizer differs from the policy's ({policy.key}: {reason}); the reference and "
+                "the critics read the policy's token ids and must share its vocabulary (only reward and cost "
+                "models are bridged: docs/models.md)"
             )

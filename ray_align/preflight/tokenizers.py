@@ -1,7 +1,8 @@
 """Tokenizer checks on checkpoint folders, read from the files alone (no transformers import, so no torch).
 
-Every model that reads the policy's token ids (reward and cost models, the reference, the critics) must share
-the policy's vocabulary for now: ``tokenizer_mismatch`` is the one place to relax when tokenizers are bridged.
+The models that read the policy's token ids (the reference, the critics) must share the policy's vocabulary;
+reward and cost models with another vocabulary are bridged (``ray_align.models.bridge``), so the preflight
+compares only the former with ``tokenizer_mismatch``.
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ def _special_tokens(folder: Path) -> dict[str, Any]:
     return settings
 
 
-def tokenizer_setting_problems(folder: Path, *, template: str, response_eos: bool, trains: bool) -> list[str]:
-    """What the policy's tokenizer lacks for this job: a chat template, an EOS token, a pad token."""
+def tokenizer_setting_problems(
+    folder: Path, *, template: str, response_eos: bool, trains: bool, pad_token: str | None = None
+) -> list[str]:
+    """What the policy's tokenizer lacks for this job: a chat template, an EOS token, something to pad with
+    (its pad token, else its EOS token, else ``models.pad_token``)."""
     if not (folder / "tokenizer_config.json").is_file():
         return []  # the settings live there; without it there is nothing to read
     settings = _special_tokens(folder)
@@ -87,9 +91,9 @@ def tokenizer_setting_problems(folder: Path, *, template: str, response_eos: boo
             f"data.response_eos: the policy's tokenizer ({folder}) has no eos_token to end responses with; set "
             "eos_token in its tokenizer_config.json, or data.response_eos: false"
         )
-    if trains and "pad_token" not in settings:
+    if trains and pad_token is None and "pad_token" not in settings and "eos_token" not in settings:
         problems.append(
-            f"models.policy: its tokenizer ({folder}) has no pad_token, which training pads batches with; set "
-            "pad_token in its tokenizer_config.json (often to the EOS token)"
+            f"models.policy: its tokenizer ({folder}) has neither a pad_token nor an eos_token to pad training "
+            "batches with; set models.pad_token to a token of its vocabulary"
         )
     return problems

@@ -110,7 +110,7 @@ def _load(job: str | None, overrides: Sequence[str], what: str) -> JobConfig:
 
 def _one_line(message: str) -> str:
     """The config's "invalid job configuration:" list as one line: "key: problem; key: problem"."""
-    head, _, items = message.partition("\n")
+    _, _, items = message.partition("\n")
     if not items:
         return message
     return "; ".join(line.strip().removeprefix("- ") for line in items.splitlines() if line.strip())

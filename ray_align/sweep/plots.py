@@ -42,24 +42,28 @@ def predicted_curves(
     lam_cols = [f"lambda.{n}" for n in names]
     if algorithm != "mocan" or frame.empty or not all(c in frame.columns for c in lam_cols):
         return []
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, dict] = {}
     for _, row in frame[(frame["status"] == "done") & (frame["policy"] == "final")].iterrows():
         path = Path(row["folder"]) / relative
         lam = row[lam_cols].to_numpy(np.float64)
         if not path.is_file() or not np.all(np.isfinite(lam)):
             continue
         key = (hashlib.sha256(path.read_bytes()).hexdigest(), betas[row["point"]], tuple(lam[1:]))
-        entry = groups.setdefault(key, [path, lam])
-        entry[1] = np.maximum(entry[1], lam)
+        group = groups.setdefault(key, {"path": path, "lam": lam, "points": []})
+        group["lam"] = np.maximum(group["lam"], lam)
+        group["points"].append(str(row["point"]))
+    own_tables = len({key[0] for key in groups}) > 1  # independent runs: each point sampled its own π_ref
     curves = []
-    for (_, beta, rest), (path, lam_max) in groups.items():
+    for (_, beta, rest), group in groups.items():
         try:
-            table, _ = read_scored_table(path, names)
+            table, _ = read_scored_table(group["path"], names)
         except DualInputError:
             continue
-        grid = np.linspace(0.0, max(1.0, 1.5 * lam_max[0]), 61)
+        grid = np.linspace(0.0, max(1.0, 1.5 * group["lam"][0]), 61)
         preds = sweep(table, beta, grid, index=0, lam_base=np.array([0.0, *rest]))
         label = f"predicted (β = {beta:g})" + (f", λ_2.. = {list(rest)}" if rest else "")
+        if own_tables:
+            label += f" · {', '.join(group['points'])}"
         x = np.array([p.margin[0] for p in preds])
         y = np.array([p.reward - p.ref_reward for p in preds])
         curves.append(Curve(label, x, y))

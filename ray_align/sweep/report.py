@@ -7,8 +7,6 @@ called again on a sweep folder at any time and writes the same files.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ray_align.report.tables import DASH, markdown_table
-from ray_align.run_dir import atomic_write_json, atomic_write_text
+from ray_align.run_dir import atomic_write_json, atomic_write_text, atomic_write_with
 from ray_align.sweep.index import index_frame
 from ray_align.sweep.plots import plot_frontier, plot_lambdas, plot_win_rates, predicted_curves, row_label
 
@@ -25,17 +23,6 @@ FIGURES = {
     "lambda": "λ per point",
     "win_rates": "win rate against π_ref vs share of safer responses",
 }
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _num(x: Any) -> str:
@@ -73,10 +60,13 @@ def points_table(frame: pd.DataFrame, names: list[str]) -> list[str]:
 
 def timing_table(timing: Mapping[str, float]) -> list[str]:
     labels = {
+        "start_roles": "start the engines, scorers and reference model (once)",
         "shared": "shared part (once for every point)",
         "trainings_wall": f"trainings, wall time ({timing.get('parallel', 1):g} at a time)",
         "trainings_sum": "trainings, sum over the points",
         "evaluations_sum": "evaluations, sum over the points (one engine; π_ref sampled once)",
+        "runs_wall": f"whole runs, wall time ({timing.get('parallel', 1):g} at a time)",
+        "runs_sum": "whole runs, sum over the points",
         "wall": "**sweep, wall time**",
     }
     rows = [[label, f"{timing[k]:.1f}"] for k, label in labels.items() if k in timing]
@@ -116,7 +106,7 @@ def write_sweep_outputs(root: Path, meta: dict[str, Any], betas: dict[str, float
     names = meta["constraints"]
     constraint = names[0] if names else ""
     frame = index_frame(meta["points"], meta["algorithm"], constraint)
-    _write_parquet(frame, root / "points.parquet")
+    atomic_write_with(root / "points.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
     curves = predicted_curves(frame, betas, meta["algorithm"], names)
     drawn = {
         "frontier": plot_frontier(frame, curves, constraint, root / "frontier.png"),
@@ -143,3 +133,22 @@ def console_lines(frame: pd.DataFrame, names: Sequence[str]) -> list[str]:
         parts += [f"margin {_cell(row, f'utility_gain.{c}')}", f"reward gain {_cell(row, 'reward_gain')}"]
         out.append(" · ".join(parts) + (" · Pareto" if row["pareto"] else ""))
     return out
+
+
+def console_summary(meta: Mapping[str, Any], frame: pd.DataFrame, root: Path) -> str:
+    """What the sweep prints at the end: its wall time and phases, one line per row, where sweep.md is."""
+    t = meta["timing"]
+    lines = [f"ray-align sweep {meta['algorithm']}: {len(meta['points'])} points in {t['wall']:.1f} s"]
+    if "trainings_wall" in t:
+        lines.append(
+            f"shared part {t.get('shared', 0):.1f} s · trainings {t['trainings_wall']:.1f} s wall for "
+            f"{t['trainings_sum']:.1f} s of training ({t['parallel']:g} at a time) · evaluations "
+            f"{t['evaluations_sum']:.1f} s"
+        )
+    else:
+        lines.append(
+            f"runs {t['runs_wall']:.1f} s wall, {t['runs_sum']:.1f} s summed ({t['parallel']:g} at a time)"
+        )
+    lines += console_lines(frame, meta["constraints"])
+    lines.append(f"sweep: {root / 'sweep.md'}")
+    return "\n".join(lines)

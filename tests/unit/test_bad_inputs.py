@@ -240,15 +240,16 @@ CASES: list[Case] = [
         ("models.policy", "is a file"),
     ),
     (
-        "scorer with another tokenizer",
+        "reference with another tokenizer",
         BOTH,
         lambda t: models(
             t,
             "mocan",
+            f"  reference: {checkpoint(t / 'ref', {'<pad>': 0, 'b': 1})}\n"
             f"  reward: {checkpoint(t / 'rm', {'<pad>': 0, 'b': 1})}\n"
             f"  costs: [{{name: safety, path: {checkpoint(t / 'cost')}}}]",
         ),
-        ("models.reward", "tokenizer differs", "bridging"),
+        ("models.reference", "tokenizer differs", "share its vocabulary"),
     ),
     (
         "Hub model offline",
@@ -281,9 +282,14 @@ CASES: list[Case] = [
         ("data.template", "chat template"),
     ),
     (
-        "pad token missing",
+        "neither pad nor eos token",
         BOTH,
-        lambda t: base(t, "", f"models.policy={checkpoint(t / 'm', tokenizer_config={'eos_token': '</s>'})}"),
+        lambda t: base(
+            t,
+            "",
+            f"models.policy={checkpoint(t / 'm', tokenizer_config={'bos_token': '<s>'})}",
+            "data.response_eos=false",
+        ),
         ("pad_token",),
     ),
 ]

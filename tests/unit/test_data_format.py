@@ -237,6 +237,18 @@ def test_pad_id_is_required():
 
     class NoPad:
         pad_token_id = None
+        eos_token_id = None
 
     with pytest.raises(ValueError, match="no pad_token"):
         tokenizer_pad_id(NoPad())
+
+
+def test_pad_id_falls_back_to_eos_then_to_the_configured_token():
+    """Llama/Mistral tokenizers have no pad token: padding uses EOS, or models.pad_token when set."""
+    tok = tiny_tokenizer()
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    assert tokenizer_pad_id(tok) == tok.eos_token_id
+    assert tokenizer_pad_id(tok, tok.bos_token) == tok.bos_token_id
+    with pytest.raises(ValueError, match="not a token"):
+        tokenizer_pad_id(tok, "<no such token>")

@@ -92,6 +92,33 @@ def test_user_scorers_sharing_the_policys_tokenizer_pass(tmp_path):
     assert preflight(config, mode="run") == []
 
 
+def test_scorers_with_another_tokenizer_pass_and_critics_made_from_them_do_not(tmp_path):
+    """Reward and cost models are bridged; a critic that starts from one still reads the policy's ids."""
+    policy = checkpoint(tmp_path / "policy")
+    reward = checkpoint(tmp_path / "reward", {"<pad>": 0, "b": 1})
+    cost = checkpoint(tmp_path / "cost", {"<pad>": 0, "c": 1})
+    scorers = [
+        "models.tiny=false",
+        f"models.policy={policy}",
+        f"models.reward={reward}",
+        f"models.costs=[{{name: safety, path: {cost}}}]",
+    ]
+    assert preflight(job(tmp_path, *scorers), mode="run") == []
+    ppo_lag = ["algorithm=ppo_lag", "dual.constraints=[{name: safety, threshold: 0.0}]"]
+    with pytest.raises(PreflightError) as refused:
+        preflight(job(tmp_path, *scorers, *ppo_lag), mode="run")
+    assert "models.critic (= models.reward): its tokenizer differs" in str(refused.value)
+    assert "models.cost_critic (= models.costs.0.path): its tokenizer differs" in str(refused.value)
+
+
+def test_a_policy_without_pad_token_trains_with_its_eos(tmp_path):
+    policy = checkpoint(tmp_path / "policy", tokenizer_config={"eos_token": "</s>"})
+    config = job(
+        tmp_path, "models.tiny=false", f"models.policy={policy}", "algorithm=dpo", "dual.constraints=[]"
+    )
+    assert preflight(config, mode="run") == []
+
+
 # --- the run folder
 
 

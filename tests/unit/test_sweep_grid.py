@@ -23,7 +23,11 @@ def test_split_values_keeps_commas_inside_brackets_and_quotes():
 def test_axis_values_are_read_as_yaml():
     axis = parse_axis(f"{MARGIN}=0.05,1e-1,2")
     assert axis.key == MARGIN
-    assert axis.values == (0.05, "1e-1", 2)  # YAML 1.1: "1e-1" (no dot) is a string; pydantic converts it later
+    assert axis.values == (
+        0.05,
+        "1e-1",
+        2,
+    )  # YAML 1.1: "1e-1" (no dot) is a string; pydantic converts it later
     assert axis.texts == ("0.05", "1e-1", "2")
 
 

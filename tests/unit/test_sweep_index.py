@@ -67,7 +67,9 @@ def _point(root, name: str, margin: float, gain: tuple[float, float], policies=(
 def test_point_rows_carry_lambda_prediction_and_metrics(tmp_path):
     point = _point(tmp_path, "margin=0.2", 0.2, (0.18, 0.4))
     (row,) = point_rows(point, "mocan")
-    table, _ = read_scored_table(tmp_path / "points" / "margin=0.2" / "tables" / "reference_samples.parquet", ["safety"])
+    table, _ = read_scored_table(
+        tmp_path / "points" / "margin=0.2" / "tables" / "reference_samples.parquet", ["safety"]
+    )
     p = predict(table, BETA, [row["lambda.safety"]])
     assert row["policy"] == "final" and row["grid.m"] == 0.2
     assert row["predicted.margin.safety"] == pytest.approx(0.2, abs=1e-6)  # λ* meets the margin exactly
@@ -101,7 +103,14 @@ def _sweep(tmp_path):
         "reason": "",
         "grid": {"dual.constraints.0.margin": [0.1, 0.2, 0.3, 0.4, 9]},
         "constraints": ["safety"],
-        "timing": {"shared": 3.0, "trainings_wall": 30.0, "trainings_sum": 100.0, "evaluations_sum": 10.0, "wall": 60.0, "parallel": 4},
+        "timing": {
+            "shared": 3.0,
+            "trainings_wall": 30.0,
+            "trainings_sum": 100.0,
+            "evaluations_sum": 10.0,
+            "wall": 60.0,
+            "parallel": 4,
+        },
         "points": points,
     }
     return meta, {p["name"]: BETA for p in points}
