@@ -146,7 +146,12 @@ class ClusterBuilder:
             self._actor(cls, "generator", i, engine.model_path, **engine.kwargs())
             for i in range(self.plan.count("generator"))
         ]
-        self.engines = GeneratorPool(handles, g.tensor_parallel_size, sleep=self.plan.engine_sleep)
+        self.engines = GeneratorPool(
+            handles,
+            g.tensor_parallel_size,
+            sleep=self.plan.engine_sleep,
+            colocated=self.plan.share_gpus("trainer", "generator"),
+        )
         self.engines.ready()
         return self.engines
 

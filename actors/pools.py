@@ -43,14 +43,22 @@ class GeneratorPool:
     the driver); ``update_weights(state_dict)`` loads weights the driver holds (a checkpoint read from disk).
     ``sleep=True`` (engines colocated with trainer ranks on GPUs, ``engine_sleep`` in the resources file): the
     engines free their GPU memory when :meth:`sleep` is called before the trainer computes, and every method
-    here wakes them first.
+    here wakes them first. ``colocated``: engines share the trainer ranks' GPUs, so syncs use gloo.
     """
 
-    def __init__(self, handles: Sequence[Any], tensor_parallel_size: int = 1, sleep: bool = False) -> None:
+    def __init__(
+        self,
+        handles: Sequence[Any],
+        tensor_parallel_size: int = 1,
+        sleep: bool = False,
+        colocated: bool = False,
+    ) -> None:
         if not handles:
             raise ValueError("GeneratorPool needs at least one generator handle")
         self.handles = list(handles)
         self.tensor_parallel_size, self.can_sleep = tensor_parallel_size, sleep
+        # An engine on a trainer rank's GPU: NCCL cannot join two processes on one device, gloo can.
+        self.weight_backend = "gloo" if colocated else None
         self.asleep = False
         self._sleep_lock = threading.Lock()  # trainer calls may run in threads (concurrent critic steps)
         self.sync_history: list[dict[str, float]] = []
@@ -97,7 +105,9 @@ class GeneratorPool:
 
         The first sync with a trainer forms the weight group (a new trainer replaces the old group)."""
         if self._weight_source is not trainer:
-            self._weight_sync = WeightSync(trainer.weight_senders(), self.handles, self.tensor_parallel_size)
+            self._weight_sync = WeightSync(
+                trainer.weight_senders(), self.handles, self.tensor_parallel_size, backend=self.weight_backend
+            )
             self._weight_source = trainer
         assert self._weight_sync is not None
         self._wake(["weights"])

@@ -186,9 +186,10 @@ class TrainerRank:
         state = export_state_dict(self.engine.module.hf_model(), zero3=zero3)
         return state if (self.rank == 0 or on_every_rank) else None
 
-    def open_weight_group(self, receivers: int) -> tuple[str, int, str]:
-        """Rank 0: host the weight group for ``receivers`` engine workers; returns (address, port, backend)."""
-        self.weight_sender = WeightSender(receivers, comm_backend(), self.device)
+    def open_weight_group(self, receivers: int, backend: str | None = None) -> tuple[str, int, str]:
+        """Rank 0: host the weight group for ``receivers`` engine workers; returns (address, port, backend).
+        ``backend``: NCCL on a GPU, gloo on CPU, unless given."""
+        self.weight_sender = WeightSender(receivers, backend or comm_backend(), self.device)
         return self.weight_sender.endpoint()
 
     def join_weight_group(self) -> None:

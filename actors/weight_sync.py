@@ -15,6 +15,7 @@ sends each bucket as soon as it is gathered. Receivers stream the tensors of eac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import time
@@ -120,8 +121,6 @@ def gathered_chunks(
 ) -> Iterator[list[torch.Tensor]]:
     """Each bucket's full tensors in turn. Under ZeRO-3 a bucket's parameters are gathered (a collective on the
     trainer's group: every rank iterates) and released when the caller asks for the next bucket."""
-    import contextlib
-
     by_name = dict(named)
     for bucket in buckets:
         tensors = [by_name[e.name] for e in bucket]
@@ -135,6 +134,11 @@ def gathered_chunks(
             yield [t.data for t in tensors]
 
 
+def staging_device(backend: str, device: torch.device) -> torch.device:
+    """Where a bucket lives while it is broadcast: the GPU for NCCL, host memory for gloo."""
+    return device if backend == "nccl" else torch.device("cpu")
+
+
 class WeightSender:
     """Rank 0's end: hosts the store (a free port chosen by the OS, so no race for it) and broadcasts."""
 
@@ -142,7 +146,8 @@ class WeightSender:
         import ray
         import torch.distributed as dist
 
-        self.world_size, self.backend, self.device = 1 + receivers, backend, device
+        self.world_size, self.backend = 1 + receivers, backend
+        self.device = staging_device(backend, device)
         self.address = ray.util.get_node_ip_address()
         self.store = dist.TCPStore(
             self.address, 0, self.world_size, True, GROUP_TIMEOUT, wait_for_workers=False
@@ -168,7 +173,11 @@ class WeightSender:
         if self.backend == "nccl":
             torch.cuda.synchronize()
         nbytes = sum(e.nbytes for b in buckets for e in b)
-        return {"seconds": time.perf_counter() - start, "bytes": float(nbytes), "buckets": float(len(buckets))}
+        return {
+            "seconds": time.perf_counter() - start,
+            "bytes": float(nbytes),
+            "buckets": float(len(buckets)),
+        }
 
 
 class WeightReceiver:
@@ -179,7 +188,7 @@ class WeightReceiver:
     ) -> None:
         import torch.distributed as dist
 
-        self.device = device
+        self.device = staging_device(backend, device)  # the loader copies host tensors onto its device
         self.store = dist.TCPStore(address, port, world_size, False, GROUP_TIMEOUT)
         self.group = _group(self.store, rank, world_size, backend)
         self.received = 0  # bytes of the last sync
@@ -225,7 +234,9 @@ class WeightSync:
     """Driver side, for one trainer group and a list of engine actors: forms the group once, then syncs.
 
     ``senders``: the trainer ranks that take part in a send (all of them under ZeRO-3, whose gather is a
-    collective; rank 0 alone otherwise), rank 0 first."""
+    collective; rank 0 alone otherwise), rank 0 first. ``backend``: None lets rank 0 choose (NCCL where it has a
+    GPU, else gloo); "gloo" when an engine shares rank 0's GPU, which NCCL cannot span (the buckets then go
+    through host memory)."""
 
     def __init__(
         self,
@@ -233,8 +244,9 @@ class WeightSync:
         engines: Sequence[Any],
         tensor_parallel_size: int = 1,
         bucket_bytes: int = BUCKET_BYTES,
+        backend: str | None = None,
     ) -> None:
-        self.senders, self.engines = list(senders), list(engines)
+        self.senders, self.engines, self.backend = list(senders), list(engines), backend
         self.tensor_parallel_size, self.bucket_bytes = tensor_parallel_size, bucket_bytes
         self.syncs = 0
         self.history: list[dict[str, float]] = []
@@ -244,7 +256,9 @@ class WeightSync:
 
         tp = self.tensor_parallel_size
         world_size = 1 + len(self.engines) * tp
-        address, port, backend = ray.get(self.senders[0].open_weight_group.remote(world_size - 1))
+        address, port, backend = ray.get(
+            self.senders[0].open_weight_group.remote(world_size - 1, self.backend)
+        )
         joins = [
             engine.init_weight_group.remote(address, port, 1 + e * tp, world_size, backend)
             for e, engine in enumerate(self.engines)
@@ -273,5 +287,7 @@ class WeightSync:
         if any(s["bytes"] != sent["bytes"] for s in loaded):
             raise RuntimeError(f"weight sync: sent {sent['bytes']} bytes, engines received {loaded}")
         self.history.append(stats)
-        logger.debug("weights to %d engines: %.0f bytes in %.3f s", len(self.engines), sent["bytes"], stats["seconds"])
+        logger.debug(
+            "weights to %d engines: %.0f bytes in %.3f s", len(self.engines), sent["bytes"], stats["seconds"]
+        )
         return stats

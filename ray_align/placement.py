@@ -103,6 +103,11 @@ class PlacementPlan:
     def count(self, role: str) -> int:
         return sum(1 for r, _ in self.slots if r == role)
 
+    def share_gpus(self, role: str, other: str) -> bool:
+        """Whether an instance of ``role`` and one of ``other`` use the same bundle's GPU (colocated)."""
+        gpu_bundles = lambda name: {s.bundle for (r, _), s in self.slots.items() if r == name and s.gpus > 0}  # noqa: E731
+        return bool(gpu_bundles(role) & gpu_bundles(other))
+
 
 def plan_placement(resources: ResourcesFile) -> PlacementPlan:
     bundles: list[dict[str, float]] = []
@@ -190,7 +195,9 @@ def place_on_nodes(plan: PlacementPlan, nodes: Sequence[Mapping[str, float]]) ->
     cluster definition against the job it is meant for, before asking Ray.
     """
     free = [dict(n) for n in nodes]
-    order = sorted(range(len(plan.bundles)), key=lambda b: (-plan.bundles[b].get("GPU", 0.0), -plan.bundles[b]["CPU"]))
+    order = sorted(
+        range(len(plan.bundles)), key=lambda b: (-plan.bundles[b].get("GPU", 0.0), -plan.bundles[b]["CPU"])
+    )
     where: list[int] = [-1] * len(plan.bundles)
     used: set[int] = set()
 

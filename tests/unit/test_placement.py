@@ -74,10 +74,13 @@ def test_role_resources_pin_bundles_and_add_up_when_colocated():
 
 
 def test_colocated_gpu_file_sleeps_its_engines():
-    """gpu_colocated.yaml: every engine shares rank i's GPU and sleeps while the trainer computes."""
+    """gpu_colocated.yaml: every engine shares rank i's GPU and sleeps while the trainer computes; gpu_8x.yaml
+    gives engines GPUs of their own (and colocates only the scorer with the reference)."""
     plan = plan_placement(load_resources(CLUSTERS / "gpu_colocated.yaml"))
-    assert plan.engine_sleep
-    assert not plan_placement(load_resources(CLUSTERS / "gpu_8x.yaml")).engine_sleep
+    assert plan.engine_sleep and plan.share_gpus("trainer", "generator")  # → the weight sync uses gloo
+    apart = plan_placement(load_resources(CLUSTERS / "gpu_8x.yaml"))
+    assert not apart.engine_sleep and not apart.share_gpus("trainer", "generator")
+    assert apart.share_gpus("scorer", "reference")
 
 
 @pytest.mark.parametrize(
