@@ -69,6 +69,18 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_eval(*args, **kwargs):
+    from actors.evaluate import run_eval  # heavy: Ray and the roles, only once the arguments are sound
+
+    return run_eval(*args, **kwargs)
+
+
+def _run_sweep(*args, **kwargs):
+    from actors.sweep import run_sweep  # heavy: Ray, vLLM and DeepSpeed, only once the plan is sound
+
+    return run_sweep(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ray-align",
@@ -110,11 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_cmd_tiny)
 
     from ray_align.eval.command import add_eval_parser
-
-    add_eval_parser(sub)
     from ray_align.sweep.command import add_sweep_parser
 
-    add_sweep_parser(sub)
+    add_eval_parser(sub, _run_eval)
+    add_sweep_parser(sub, _run_sweep)
     try:
         from ray_align.dual.cli import add_dual_parser
     except ImportError:  # pragma: no cover - the dual package is part of every install

@@ -113,6 +113,30 @@ def start_run_folder(root: str | Path, config_text: str, *, overwrite: bool = Fa
     return out
 
 
+METRICS = "metrics.jsonl"
+
+
+def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl (none when it is absent); a line that is not a JSON object (a crash cut it
+    short) is skipped with a warning. Reads only: the report reads finished runs with it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            logger.warning("%s: line %d is not a JSON object (cut short by a crash?); skipped", path, i + 1)
+    return rows
+
+
 class RunDir:
     """``root/config.yaml``, ``metrics.jsonl``, ``tables/``, ``checkpoints/``, ``dual.json``, ``result.json``."""
 
@@ -129,7 +153,7 @@ class RunDir:
     def log_metrics(self, step: int, stage: str, metrics: Mapping[str, Any]) -> None:
         """Append one JSON line. A line is written whole (one write call) so a crash loses at most that line."""
         line = json.dumps({"step": step, "stage": stage, **metrics}, default=_default) + "\n"
-        with open(self.path("metrics.jsonl"), "a") as f:
+        with open(self.path(METRICS), "a") as f:
             f.write(line)
         for sink in self.sinks:
             sink.scalars(stage, step, metrics)
@@ -142,7 +166,7 @@ class RunDir:
     def _end_cut_line(self) -> None:
         """End a metrics line an earlier attempt's crash cut short, so the next row starts on its own line (only
         a crash leaves one, so once per attempt is enough)."""
-        path = self.path("metrics.jsonl")
+        path = self.path(METRICS)
         if not path.exists() or not path.stat().st_size:
             return
         with open(path, "rb+") as f:
@@ -152,23 +176,12 @@ class RunDir:
 
     def metrics(self, stage: str | None = None) -> list[dict[str, Any]]:
         """The logged rows (of one stage). A line a crash cut short is skipped (with a warning)."""
-        path = self.path("metrics.jsonl")
-        if not path.exists():
-            return []
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines()):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: line %d is not JSON (cut short by a crash?); skipped", path, i + 1)
-        return [r for r in rows if stage is None or r["stage"] == stage]
+        return [r for r in read_metrics_file(self.path(METRICS)) if stage is None or r["stage"] == stage]
 
     def drop_metrics(self, *stages: str, from_step: int | None = None) -> None:
         """Remove the rows of ``stages`` (all, or those with step ≥ ``from_step``), atomically: what an unfinished
         attempt logged before those stages (or their steps from ``from_step`` on) run again."""
-        path = self.path("metrics.jsonl")
+        path = self.path(METRICS)
         if not path.exists():
             return
         kept = [

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +97,9 @@ def output_folder(out: str | None) -> Path:
     return path
 
 
-def add_eval_parser(sub: Any) -> None:
+def add_eval_parser(sub: Any, run_eval: Callable[..., Any]) -> None:
+    """``run_eval``: the driver's evaluation (actors/evaluate.py), handed in by ray_align/cli.py so that this
+    core module never imports the actors."""
     p = sub.add_parser(
         "eval", help="compare policies on a prompt set (reward, costs, share unsafe, KL, win rates)"
     )
@@ -113,7 +117,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="job overrides, e.g. eval.seed=1"
     )
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=partial(_cmd_eval, run_eval=run_eval))
 
 
 def _positive(flag: str, value: int | None) -> None:
@@ -121,13 +125,11 @@ def _positive(flag: str, value: int | None) -> None:
         raise UserError(f"eval: {flag} must be a positive whole number, got {value}")
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _cmd_eval(args: argparse.Namespace, run_eval: Callable[..., Any]) -> int:
     _positive("--samples", args.samples)
     _positive("--num-prompts", args.num_prompts)
     policies = [parse_policy(p) for p in args.policies]
     config = job_config(args, policies)
     out = output_folder(args.out)
-    from actors.evaluate import run_eval  # heavy: Ray and the roles
-
     run_eval(config, policies, out, prompts_file=args.prompts, with_reference=not args.no_reference)
     return 0

