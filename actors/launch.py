@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import time
-from urllib.parse import urlparse
 
 from actors.failures import describe_actor_death
 from ray_align.algorithms import algorithm_module
 from ray_align.config import JobConfig, dump_config
 from ray_align.errors import UserError
 from ray_align.models.resolve import resolve_models
+from ray_align.preflight.resources import unreachable_cluster
 from ray_align.run_dir import RunDir, start_run_folder
 from ray_align.tracking import open_sinks
 
@@ -26,22 +25,6 @@ logger = logging.getLogger("ray_align")
 
 class LaunchError(RuntimeError):
     """The job could not start or finish; the message says what to do."""
-
-
-def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, not minutes: ray.init retries an unreachable GCS for about two minutes."""
-    if address in ("auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return
-    except OSError as e:
-        raise LaunchError(
-            f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}). Start one with "
-            "`ray start --head`, fix ray.address, or leave ray.address unset to start a local instance."
-        ) from None
 
 
 def connect(config: JobConfig, logical_cpus: float) -> None:
@@ -55,7 +38,9 @@ def connect(config: JobConfig, logical_cpus: float) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        _check_reachable(address)
+        problem = unreachable_cluster(address)  # also in the preflight; RAY_ADDRESS may change
+        if problem:
+            raise LaunchError(problem)
         ray.init(address=address, log_to_driver=config.logging.verbose)
         return
     # Logical CPUs: at least what the bundles ask for; roles mostly wait on each other on one machine.

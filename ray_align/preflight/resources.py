@@ -11,7 +11,9 @@ import glob
 import importlib.util
 import math
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ray_align.algorithms import MODULES
 from ray_align.config import ConfigError, JobConfig
@@ -65,9 +67,32 @@ def check_placement(config: JobConfig, roles: tuple[str, ...], found: Findings) 
         if not (math.isfinite(res.cpus) and math.isfinite(res.gpus)):
             found.problem(f"placement.file {file}: roles.{role}: cpus and gpus must be finite numbers")
             return None
-    if not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
         _fits_one_machine(config, resources, found)
+    else:
+        problem = unreachable_cluster(address)
+        if problem:
+            found.unverified(problem)  # `check` may run before the cluster is up; `run` cannot
     return resources
+
+
+def unreachable_cluster(address: str, timeout_s: float = 3.0) -> str | None:
+    """Why the Ray cluster at ``address`` cannot be reached (a TCP connect to its GCS or client port), or None.
+    ray.init retries an unreachable GCS for about two minutes; this answers in seconds."""
+    if address in ("auto", "local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        return (
+            f"ray.address: cannot reach the Ray cluster at {address!r} ({reason}); start one with "
+            "`ray start --head`, fix ray.address (or RAY_ADDRESS), or leave both unset to start a local instance"
+        )
 
 
 def local_gpus() -> int:

@@ -113,8 +113,9 @@ def _fresh(*argv: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     [
         ("models: {tiny: true, policy: /no/such/model}\n", ("models.policy", "no such folder")),
         ("data: {source: broken.jsonl}\n", ("row 0", "not valid JSON")),
+        ("models: {tiny: true}\nray: {address: '127.0.0.1:9'}\n", ("ray.address", "cannot reach")),
     ],
-    ids=["missing model path", "broken dataset line"],
+    ids=["missing model path", "broken dataset line", "unreachable cluster"],
 )
 def test_run_refuses_in_seconds_in_a_fresh_process_without_ray(job, words, tmp_path):
     """The issue's cases end to end: one `error:` line, exit 2, no Ray/vLLM/DeepSpeed imported, nothing written."""
