@@ -49,7 +49,7 @@ def main() -> None:
             "algorithm=ppo_lag",
             f"output_dir={out}",
             "models.tiny=true",
-            "dual.constraints=[{name: safety, threshold: 0.0}]",
+            "dual.constraints=[{name: harm, threshold: 0.0}]",
             f"data.max_length={64 + args.max_tokens}",
         ],
     )

@@ -5,7 +5,10 @@
 Per RL step k = 1..ppo.steps:
     1. sample one response per prompt of a rollout batch from π_θ (temperature 1) through the generators
     2. score the reward R and the costs C_j (cost scale) through the scorer
-    3. log π_old (the actor), log π_ref (the reference), values V_r and V_cj (one critic per stream)
+       (ppo.async_rollout: steps 1-2 of step k+1 run during steps 3-6 of step k, from the weights before
+       step k's update; ray_align/algorithms/rollout_source.py)
+    3. log π_old (the actor; with async_rollout the engines' behaviour log-probs), log π_ref (the reference),
+       values V_r and V_cj (one critic per stream)
     4. λ update: the coordinator's rule on this rollout's per-episode costs (safe_rlhf: one SGD step on log λ
        against the mean cost of the last 128 episodes); λ is then held constant in the actor step. As in the
        reference trainer, the update comes before the actor step and sees this rollout's costs. With
@@ -28,7 +31,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -39,8 +41,6 @@ from ray_align.algorithms.common import (
     load_dataset,
     prompt_texts,
     prompt_token_ids,
-    sample_and_score,
-    sampling_from,
 )
 from ray_align.algorithms.preference import batches
 from ray_align.algorithms.rollout import (
@@ -55,14 +55,14 @@ from ray_align.algorithms.rollout import (
     lagrangian_targets,
     mean_stats,
     minibatches,
-    prompt_indices,
     save_checkpoint,
     sequence_kl,
     with_lambda,
 )
 from ray_align.algorithms.rollout import resume_point as resume_from
+from ray_align.algorithms.rollout_source import RolloutSource, sample_rollout
 from ray_align.algorithms.stages import config_fingerprint
-from ray_align.cluster import Cluster, PolicyTrainer, Sampling
+from ray_align.cluster import Cluster, PolicyTrainer
 from ray_align.config.schema import JobConfig
 from ray_align.data.formatting import tokenizer_pad_id
 from ray_align.losses.specs import PPOSpec, ValueSpec
@@ -98,20 +98,11 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         try:
             if resumed:  # the engines were built from models.policy
                 cluster.sync_weights(actor)
-            for k in range(start + 1, p.steps + 1):
-                metrics = rl_step(k, config, cluster, out, actor, critics, texts, prompt_ids, pad_id)
-                # 8. metrics; checkpoints every checkpoint.every steps and at the end
-                out.log_metrics(k, STAGE, metrics)
-                if k % config.logging.every == 0 or k == p.steps:
-                    logger.info(step_line(STAGE, k, p.steps, metrics, console_keys(names)))
-                every = config.checkpoint.every
-                if k == p.steps or (every and k % every == 0):
-                    keep = config.checkpoint.keep
-                    fingerprint = checkpoint_fingerprint(config)
-                    saved = save_checkpoint(
-                        out, k, actor, critics, cluster.coordinator, names, keep, fingerprint
-                    )
-                    checkpoint = str(saved)
+            sample = partial(sample_rollout, config, cluster, out, texts, prompt_ids)
+            with RolloutSource(sample, ahead=p.async_rollout) as rollouts:
+                metrics, checkpoint = train_steps(
+                    config, cluster, out, actor, critics, rollouts, range(start + 1, p.steps + 1), pad_id
+                )  # the last step always checkpoints
         finally:
             for trainer in (actor, *critics):
                 trainer.shutdown()
@@ -126,6 +117,35 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     }
     out.write_result(result)
     return result
+
+
+def train_steps(
+    config: JobConfig,
+    cluster: Cluster,
+    out: RunDir,
+    actor: PolicyTrainer,
+    critics: list[PolicyTrainer],
+    rollouts: RolloutSource,
+    steps: range,
+    pad_id: int,
+) -> tuple[dict[str, float], str]:
+    """RL ``steps`` (step 8 included); returns the last step's metrics and the newest checkpoint."""
+    p, names = config.ppo, cluster.constraint_names
+    metrics, checkpoint = {}, ""
+    for k in steps:
+        metrics = rl_step(k, config, cluster, actor, critics, rollouts, pad_id)
+        # 8. metrics; checkpoints every checkpoint.every steps and at the end
+        out.log_metrics(k, STAGE, metrics)
+        if k % config.logging.every == 0 or k == p.steps:
+            logger.info(step_line(STAGE, k, p.steps, metrics, console_keys(names)))
+        every = config.checkpoint.every
+        if k == p.steps or (every and k % every == 0):
+            fingerprint = checkpoint_fingerprint(config)
+            saved = save_checkpoint(
+                out, k, actor, critics, cluster.coordinator, names, config.checkpoint.keep, fingerprint
+            )
+            checkpoint = str(saved)
+    return metrics, checkpoint
 
 
 def checkpoint_fingerprint(config: JobConfig) -> str:
@@ -144,25 +164,30 @@ def rl_step(
     k: int,
     config: JobConfig,
     cluster: Cluster,
-    out: RunDir,
     actor: PolicyTrainer,
     critics: list[PolicyTrainer],
-    texts: list[str],
-    prompt_ids: list[list[int]],
+    rollouts: RolloutSource,
     pad_id: int,
 ) -> dict[str, float]:
     """Steps 1–7 of RL step ``k``; returns the step's metrics."""
     p, names = config.ppo, cluster.constraint_names
     began = time.perf_counter()
-    # 1-2. rollout: one response per prompt, scored (reward [B], costs [B, m])
-    idx = prompt_indices(len(prompt_ids), p.rollout_batch_size, k, config.seed)
-    samples = sample_and_score(cluster, [prompt_ids[i] for i in idx], rollout_sampling(config, k))
-    if p.save_rollouts:
-        samples.write(out.path("tables", "rollouts", f"step_{k:06d}.parquet"), [texts[i] for i in idx], names)
-    # 3. log π_old, log π_ref, V_r, V_c (issued together: they run on different actors)
+    # 1-2. rollout: sampled now, or prefetched during the previous step (ppo.async_rollout)
+    rollout = rollouts.take(k)
+    samples = rollout.samples
+    if k < p.steps:
+        rollouts.prefetch(k + 1)  # async_rollout: from the engines' weights, θ before this step
+    # 3. log π_old (or the engines' behaviour log-probs), log π_ref, V_r, V_c (issued together)
     scored = time.perf_counter()
-    exp = collect_experience(cluster, actor, critics, samples, pad_id, concurrent=p.concurrent_calls)
-    rollout_seconds = time.perf_counter() - began
+    exp = collect_experience(
+        cluster,
+        actor,
+        critics,
+        samples,
+        pad_id,
+        concurrent=p.concurrent_calls,
+        behaviour_logprobs=rollouts.ahead,
+    )
     experience_seconds = time.perf_counter() - scored
     # 4. λ from this rollout's per-episode costs: ppo.lambda_updates_per_rollout steps of the rule
     lams = dual_updates(cluster.coordinator, config.dual.rule, samples.costs, p.lambda_updates_per_rollout)
@@ -180,10 +205,13 @@ def rl_step(
     mask = exp.batch["response_mask"]
     per_update = [targets] + [with_lambda(targets, lam, mask, p.whiten_advantages) for lam in lams[1:]]
     # 6. PPO epochs: actor PPO-clip (λ_u for the u-th share of the minibatches), critics clipped value loss
+    trained = time.perf_counter()
     train_stats = ppo_epochs(
         config, actor, critics, exp, per_update, names, seed=config.seed + k, concurrent=p.concurrent_calls
     )
-    # 7. weight sync actor → generators (the state dict gather is part of the cost)
+    train_seconds = time.perf_counter() - trained
+    # 7. weight sync actor → generators, once no sampling is in flight (the state dict gather is part of it)
+    settle_seconds = rollouts.settle()
     synced = time.perf_counter()
     sync = cluster.sync_weights(actor)
     response, lam = mask.bool(), lams[-1]
@@ -198,8 +226,11 @@ def rl_step(
         "sync_seconds": time.perf_counter() - synced,
         "sync_engine_seconds": sync["seconds"],
         "sync_bytes": sync["bytes"],
-        "rollout_seconds": rollout_seconds,
+        "rollout_seconds": rollout.seconds,
+        "rollout_wait_seconds": rollout.waited,
         "experience_seconds": experience_seconds,
+        "train_seconds": train_seconds,
+        "settle_seconds": settle_seconds,
         "step_seconds": time.perf_counter() - began,
     }
 
@@ -254,12 +285,6 @@ def dual_updates(coordinator, rule: str, costs: np.ndarray, updates: int) -> lis
     estimate = dual_estimate(rule, costs)
     again = estimate[:0] if rule == "safe_rlhf" else estimate  # no new episodes for the window
     return [np.asarray(coordinator.update(estimate if u == 0 else again)) for u in range(updates)]
-
-
-def rollout_sampling(config: JobConfig, step: int) -> Sampling:
-    """One on-policy sample per prompt: temperature 1 and top_p 1 whatever generation.* says (the PPO ratio
-    compares π_θ with the sampling distribution); a fresh seed per step, the same one on a resumed run."""
-    return replace(sampling_from(config, n=1, seed=config.generation.seed + step), temperature=1.0, top_p=1.0)
 
 
 def start_models(

@@ -111,9 +111,12 @@ def collect_experience(
     samples: ScoredSamples,
     pad_id: int,
     concurrent: bool = True,
+    behaviour_logprobs: bool = False,
 ) -> Experience:
     """Old log-probs (the actor), reference log-probs (cluster.reference) and values (critics[0] for the reward,
-    critics[1 + j] for constraint j) of the sampled responses.
+    critics[1 + j] for constraint j) of the sampled responses. With ``behaviour_logprobs`` the old log-probs are
+    the ones the engines returned with the samples (the sampling policy, when it is not the actor's current
+    weights: ppo.async_rollout) and the actor is not called.
 
     The actor, the reference and the critics are different actors, so by default their forwards are issued
     together (:func:`call_all`; the 1 + m critics one after another, as they share bundles); ``concurrent=False``
@@ -122,10 +125,15 @@ def collect_experience(
     r = samples.rollouts
     batch = collate([join_example(p, y) for p, y in zip(r.prompt_ids, r.response_ids)], pad_id)
     width = batch["response_mask"].shape[1]
+    prompt_lengths = [len(p) for p in r.prompt_ids]
+    if behaviour_logprobs:
+        old = partial(ragged_to_tokens, r.response_logprobs, prompt_lengths, width)
+    else:
+        old = partial(actor.logprobs, batch)
     ref, logprobs, values = call_all(
         [
             partial(cluster.reference.response_logprobs, r.prompt_ids, r.response_ids),
-            partial(actor.logprobs, batch),
+            old,
             in_turn([partial(c.values, batch) for c in critics]),  # the critic groups share their bundles
         ],
         concurrent,
@@ -133,7 +141,7 @@ def collect_experience(
     return Experience(
         batch=batch,
         logprobs=logprobs,
-        ref_logprobs=ragged_to_tokens(ref, [len(p) for p in r.prompt_ids], width),
+        ref_logprobs=ragged_to_tokens(ref, prompt_lengths, width),
         reward=torch.as_tensor(samples.reward, dtype=torch.float32),
         costs=torch.as_tensor(samples.costs, dtype=torch.float32).reshape(len(r), -1),
         reward_values=values[0],

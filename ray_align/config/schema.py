@@ -198,6 +198,9 @@ class PPOConfig(Section):
     # in the experience and training passes. False calls each in turn: for placements where roles share a GPU
     # and the extra activations of simultaneous calls do not fit.
     concurrent_calls: bool = True
+    # Sample step k+1's rollout while the trainers train step k (from the weights before step k's update): one
+    # step off-policy, the PPO ratio taken against the engines' behaviour log-probs. docs/methods-ppo-lag.md.
+    async_rollout: bool = False
 
     @field_validator("ptx_coef")
     @classmethod

@@ -17,7 +17,6 @@ from ray_align.algorithms.ppo_lag import (
     dual_updates,
     ppo_epochs,
     resume_point,
-    rollout_sampling,
 )
 from ray_align.algorithms.preference import batches
 from ray_align.algorithms.rollout import (
@@ -31,6 +30,7 @@ from ray_align.algorithms.rollout import (
     sequence_kl,
     with_lambda,
 )
+from ray_align.algorithms.rollout_source import rollout_sampling
 from ray_align.config import JobConfig
 from ray_align.config.load import apply_override, parse_override
 from ray_align.data.formatting import collate, join_example
