@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from actors.train_config import TrainConfig
+from ray_align.losses.chunked import target_logprobs
 from ray_align.losses.logprobs import chunked_token_logprobs
 
 # The one output each model kind can produce; a spec asking for another is an error, not a silent fallback.
@@ -20,39 +21,97 @@ OUTPUT_OF_KIND = {"causal_lm": "logprobs", "token_value": "values", "sequence_sc
 class ModelOutputs(nn.Module):
     """A Hugging Face model whose forward returns exactly the tensor a loss spec consumes.
 
-    forward(input_ids [B,T], attention_mask [B,T]) ->
-      "logprobs": [B,T-1] float32, logprobs[:, t] = log p(input_ids[:, t+1] | input_ids[:, :t+1]), from the
-                  backbone's hidden states through chunked_token_logprobs (never all [B,T,V] logits at once);
+    forward(input_ids [B,T], attention_mask [B,T], target_mask [B,T-1] | None) ->
+      "logprobs": [B,T-1] float32, logprobs[:, t] = log p(input_ids[:, t+1] | input_ids[:, :t+1]) where the
+                  target is a real token (and target_mask is 1, when given), else 0; only those positions go
+                  through the LM head, in chunks (never all [B,T,V] logits at once; see _logprobs);
       "values":   [B,T-1] float32, the token classifier's output at positions 0..T-2;
-      "scores":   [B] float32, the sequence head at the last non-pad token (right padding: index sum(mask)-1).
+      "scores":   [B] float32, a decoder's head (``score``) at the last non-pad token (right padding: index
+                  sum(mask)-1); an encoder classifier's own pooled output ([CLS] for BERT), as the scorer reads.
     DeepSpeed wraps this module, so one engine forward covers the whole computation (ZeRO-3 gathers each
     submodule's parameters in its own hooks, including the head inside the checkpointed chunks).
     """
 
-    def __init__(self, model: nn.Module, output: str, chunk_size: int):
+    def __init__(self, model: nn.Module, output: str, chunk_size: int, unpad: bool = True):
         super().__init__()
         self.model = model
         self.output = output
         self.chunk_size = chunk_size
+        self.unpad = unpad
 
     def hf_model(self) -> nn.Module:
         """The transformers model (with LoRA layers injected, if any) inside an optional peft wrapper."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None = None) -> Tensor:
         hf = self.hf_model()
+        if self.output == "scores" and not isinstance(getattr(hf, "score", None), nn.Module):
+            # an encoder classifier (BERT: [CLS] pooler): its own pooling, as the scorer actor reads it
+            return hf(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         if self.output == "values":
             logits = hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B,T,1]
             return logits[:, :-1, 0].float()
+        if self.output == "logprobs":
+            return self._logprobs(hf, input_ids, attention_mask, target_mask)
         backbone = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = backbone.last_hidden_state  # [B,T,H]
-        if self.output == "logprobs":
-            labels = input_ids[:, 1:]
-            return chunked_token_logprobs(hidden[:, :-1], hf.get_output_embeddings(), labels, self.chunk_size)
         last = attention_mask.long().sum(dim=-1) - 1
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B,H]
-        head = hf.score if hasattr(hf, "score") else hf.classifier  # Llama/GPT-2/Qwen name it score
-        return head(pooled)[:, 0].float()
+        return hf.score(pooled)[:, 0].float()  # a decoder's head (Llama/GPT-2/Qwen name it score)
+
+    def _logprobs(self, hf: nn.Module, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None):
+        """[B,T-1] log-probs at the selected next-token positions, 0 elsewhere.
+
+        Selected: every position whose target is a real token (attention_mask[:, 1:]), narrowed to
+        ``target_mask`` [B,T-1] when given (a loss that reads only the response). Only the selected
+        positions' hidden states go through the LM head (ray_align.losses.chunked), and with ``unpad`` each
+        right-padded row runs at its own length.
+        """
+        head = hf.get_output_embeddings()
+        if hasattr(head.weight, "ds_id"):  # ZeRO-3: every rank must run each module equally often
+            hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return chunked_token_logprobs(
+                hidden.last_hidden_state[:, :-1], head, input_ids[:, 1:], self.chunk_size
+            )
+        select = attention_mask[:, 1:].bool()
+        if target_mask is not None:
+            select = select & target_mask.bool()
+        # row by row only on CPU: on a GPU one padded launch beats B small ones
+        cpu = input_ids.device.type == "cpu"
+        if self.unpad and cpu and bool(select.any()) and is_right_padded(attention_mask):
+            hidden = self._selected_hidden_per_row(hf, input_ids, attention_mask, select)
+        else:
+            if not bool(select.any()):  # nothing to read: every position, so the output still has a graph
+                select = torch.ones_like(select)
+            out = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            hidden = out.last_hidden_state[:, :-1][select]  # [N,H], row-major like select
+        targets = input_ids[:, 1:][select]
+        if type(head) is nn.Linear:
+            logps = target_logprobs(hidden, head.weight, targets, self.chunk_size, head.bias)
+        else:  # an adapted (LoRA) head: call the module
+            logps = chunked_token_logprobs(hidden[None], head, targets[None], self.chunk_size)[0]
+        zeros = torch.zeros(select.shape, dtype=logps.dtype, device=logps.device)
+        return zeros.masked_scatter(select, logps)
+
+    @staticmethod
+    def _selected_hidden_per_row(hf: nn.Module, input_ids: Tensor, attention_mask: Tensor, select: Tensor):
+        """Hidden states [N,H] of the selected positions, each row run alone at its own length: no compute
+        on padding. With right padding a row's real tokens see exactly what they see in the padded batch."""
+        lengths = attention_mask.long().sum(dim=-1).tolist()
+        pieces = []
+        for row, n in enumerate(lengths):
+            if n < 2 or not bool(select[row].any()):
+                continue
+            out = hf.base_model(input_ids=input_ids[row : row + 1, :n], use_cache=False)
+            pieces.append(out.last_hidden_state[0, : n - 1][select[row, : n - 1]])
+        return torch.cat(pieces)  # select ⊆ attention_mask[:, 1:], so rows of length < 2 have nothing
+
+
+def is_right_padded(attention_mask: Tensor) -> bool:
+    """True when every row's mask is ones then zeros (collate's layout); left padding or holes are False."""
+    lengths = attention_mask.long().sum(dim=-1, keepdim=True)
+    prefix = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None, :] < lengths
+    return bool((attention_mask.bool() == prefix).all())
 
 
 def load_model(model_path: str, model_kind: str, train: TrainConfig) -> nn.Module:

@@ -52,6 +52,10 @@ class TrainConfig:
     disable_dropout: bool = True  # RL ratios and values compare train-mode outputs with no-grad ones
     lora: LoraSettings | None = None
     logprob_chunk_size: int = 256
+    # Speed levers of the "logprobs" output, on by default (docs/performance.md); off gives the padded batch
+    # and the LM head over every position, for comparison. Neither changes a loss or a gradient.
+    unpad: bool = True  # each right-padded row runs at its own length (CPU only; not under ZeRO-3)
+    response_only_logprobs: bool = True  # train_step computes log-probs where response_mask is 1 only
     seed: int = 0
     extra_ds_config: dict[str, Any] = field(default_factory=dict)
 

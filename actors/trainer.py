@@ -75,7 +75,7 @@ class TrainerRank:
         hf_ds = HfDeepSpeedConfig(ds_config) if train.zero_stage == 3 else None
         torch.manual_seed(train.seed)
         module = ModelOutputs(
-            load_model(model_path, self.model_kind, train), self.output, train.logprob_chunk_size
+            load_model(model_path, self.model_kind, train), self.output, train.logprob_chunk_size, train.unpad
         )
         optimizer = torch.optim.AdamW(
             adamw_param_groups(module, train.weight_decay), lr=train.lr, betas=train.betas, eps=train.eps
@@ -132,6 +132,13 @@ class TrainerRank:
 
     # ---- training --------------------------------------------------------------------------------------
 
+    def _target_mask(self, micro: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """(response_mask,) when the loss reads log-probs there only: every spec of the "logprobs" output
+        masks with batch["response_mask"] (ray_align.losses.specs), so other positions need no LM head."""
+        if self.output == "logprobs" and self.train.response_only_logprobs and "response_mask" in micro:
+            return (micro["response_mask"],)
+        return ()
+
     def _grad_norm(self) -> float:
         """‖g‖₂ over the full (already all-reduced) gradients: ZeRO-0 fp32 keeps them on the parameters."""
         grads = [p.grad.float().norm() for p in self.engine.module.parameters() if p.grad is not None]
@@ -158,7 +165,7 @@ class TrainerRank:
         lr, grad_norm, stats = self.engine.get_lr()[0], None, []
         for micro in shard_batch(batch, self.train.grad_accum_steps, paired):
             micro = self._to_device(micro)
-            outputs = self.engine(micro["input_ids"], micro["attention_mask"])
+            outputs = self.engine(micro["input_ids"], micro["attention_mask"], *self._target_mask(micro))
             loss, micro_stats = spec(outputs, micro)
             self.engine.backward(loss)
             if self.engine.is_gradient_accumulation_boundary() and self.train.zero_stage == 0:

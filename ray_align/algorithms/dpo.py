@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from transformers import AutoTokenizer
 
@@ -49,6 +51,10 @@ def dpo_run(
 ) -> tuple[str, dict]:
     """Train one DPO policy from ``model_path``; returns (checkpoint, stats).
 
+    stats: steps, final_loss, pairs and train_seconds, the wall time of the reference pass plus the
+    optimizer steps (a separate reference's start-up included; the policy's start-up and save are not), so
+    pairs × epochs / train_seconds is the run's throughput.
+
     π_ref is ``reference_path`` (``models.reference``) when it names another checkpoint, else ``model_path``
     itself (its log-probs then come from the trainer before its first step, with no second model loaded).
     A stage an earlier attempt of this job finished is reused (ray_align.algorithms.stages)."""
@@ -59,11 +65,14 @@ def dpo_run(
     pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(model_path), config.models.pad_token)
     separate = reference_path is not None and reference_path != model_path
     # step 1: π_ref's log-probs, before the policy's trainer takes the bundles
+    clock = time.perf_counter()
     ref = (
         reference_pair_logps(cluster, reference_path, pairs.pairs, pad_id, t.batch_size) if separate else None
     )
+    seconds = time.perf_counter() - clock
     trainer = cluster.new_trainer(model_path, "causal_lm", total_steps=steps, rows_per_example=2)
     try:
+        clock = time.perf_counter()  # the policy's own start-up is not training time
         if ref is None:  # π_ref = the initial weights
             ref = pair_logps(trainer, pairs.pairs, pad_id, t.batch_size)
         spec = DPOSpec(beta=beta, label_smoothing=config.dpo.label_smoothing, loss_type=config.dpo.loss_type)
@@ -79,11 +88,13 @@ def dpo_run(
             out=out,
             stage=stage,
         )
+        seconds += time.perf_counter() - clock
         checkpoint = trainer.save(str(out.checkpoint(stage)))
     finally:
         trainer.shutdown()
     last = history[-1] if history else {}
     stats = {"steps": len(history), "final_loss": last.get("loss", float("nan"))}
+    stats |= {"pairs": len(pairs), "train_seconds": round(seconds, 3)}
     record_stage(config, out, stage, stats)
     return checkpoint, stats
 

@@ -19,6 +19,7 @@ weights the step's forward uses, so it equals the in-step estimate over the whol
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -192,14 +193,17 @@ def kto_run(
     steps = steps_for(len(data), t.batch_size, t.epochs)
     pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(model_path), config.models.pad_token)
     separate = reference_path is not None and reference_path != model_path
+    clock, seconds = time.perf_counter(), 0.0  # train_seconds: reference pass + optimizer steps, as dpo_run's
     if separate:  # step 3 on π_ref's own trainer, freed before the policy's takes the bundles
         reference = cluster.new_trainer(reference_path, "causal_lm", total_steps=1)
         try:
             ref, ref_mismatched = singleton_logps(reference, data, pad_id, t.batch_size)
         finally:
             reference.shutdown()
+        seconds = time.perf_counter() - clock
     trainer = cluster.new_trainer(model_path, "causal_lm", total_steps=steps)
     try:
+        clock = time.perf_counter()
         if not separate:  # step 3: π_ref = the initial weights
             ref, ref_mismatched = singleton_logps(trainer, data, pad_id, t.batch_size)
         # step 4: class weights
@@ -212,12 +216,14 @@ def kto_run(
             stats = trainer.train_step(kto_batch(data, idx, ref, z0, pad_id), spec)
             out.log_metrics(step, stage, stats)
             history.append(stats)
+        seconds += time.perf_counter() - clock
         checkpoint = trainer.save(str(out.checkpoint(stage)))
     finally:
         trainer.shutdown()
     last = history[-1] if history else {}
     stats = {"steps": len(history), "final_loss": last.get("loss", float("nan"))}
     stats |= {"desirable_weight": w_plus, "undesirable_weight": w_minus}
+    stats |= {"singletons": len(data), "train_seconds": round(seconds, 3)}
     record_stage(config, out, stage, stats)
     return checkpoint, stats
 

@@ -126,6 +126,8 @@ class TrainingConfig(Section):
     grad_clip: float = Field(default=1.0, gt=0.0)
     zero_stage: Literal[0, 1, 2, 3] = 0
     dtype: Literal["fp32", "bf16"] = "fp32"
+    # activation checkpointing: each decoder layer's activations are recomputed in the backward instead of
+    # kept, for less memory at the cost of a second forward of the layers (measured in docs/performance.md)
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     logprob_chunk_size: int = Field(default=128, gt=0)
