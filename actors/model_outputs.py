@@ -95,16 +95,21 @@ class ModelOutputs(nn.Module):
 
     @staticmethod
     def _selected_hidden_per_row(hf: nn.Module, input_ids: Tensor, attention_mask: Tensor, select: Tensor):
-        """Hidden states [N,H] of the selected positions, each row run alone at its own length: no compute
-        on padding. With right padding a row's real tokens see exactly what they see in the padded batch."""
-        lengths = attention_mask.long().sum(dim=-1).tolist()
-        pieces = []
-        for row, n in enumerate(lengths):
-            if n < 2 or not bool(select[row].any()):
+        """Hidden states [N,H] of the selected positions (row-major, like ``select``), rows grouped by length:
+        each group runs as one batch cut at its own length, so no compute goes to padding and equal-length rows
+        (a one-token task's 512 rows) still share one forward. With right padding a row's real tokens see
+        exactly what they see in the padded batch."""
+        lengths = attention_mask.long().sum(dim=-1)
+        pieces: dict[int, Tensor] = {}
+        for n in sorted(set(lengths.tolist())):
+            rows = [r for r in (lengths == n).nonzero()[:, 0].tolist() if n >= 2 and bool(select[r].any())]
+            if not rows:  # select ⊆ attention_mask[:, 1:], so rows of length < 2 have nothing selected
                 continue
-            out = hf.base_model(input_ids=input_ids[row : row + 1, :n], use_cache=False)
-            pieces.append(out.last_hidden_state[0, : n - 1][select[row, : n - 1]])
-        return torch.cat(pieces)  # select ⊆ attention_mask[:, 1:], so rows of length < 2 have nothing
+            group = torch.tensor(rows, device=input_ids.device)
+            hidden = hf.base_model(input_ids=input_ids[group, :n], use_cache=False).last_hidden_state
+            for j, r in enumerate(rows):
+                pieces[r] = hidden[j, : n - 1][select[r, : n - 1]]
+        return torch.cat([pieces[r] for r in sorted(pieces)])
 
 
 def is_right_padded(attention_mask: Tensor) -> bool:

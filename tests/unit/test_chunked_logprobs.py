@@ -106,9 +106,10 @@ def test_saves_no_logits_for_backward():
 
 
 def padded_pairs(seed=0):
-    """2 pairs, right-padded to 12 tokens: rows of length 12, 7, 9, 4; response from position 3."""
+    """2 pairs, right-padded to 12 tokens: rows of length 12, 7, 9, 7 (rows 1 and 3 share one unpadded forward,
+    row 2 between them); response from position 3."""
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor([12, 7, 9, 4])
+    lengths = torch.tensor([12, 7, 9, 7])
     attention_mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
     input_ids = torch.randint(4, 500, (4, 12), generator=g).masked_fill(attention_mask == 0, 0)
     is_response = attention_mask.clone()
