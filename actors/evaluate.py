@@ -59,8 +59,8 @@ def eval_targets(config: JobConfig, result: Mapping[str, Any]) -> list[Constrain
 
     PeCAN's margin lives on the implicit safety score's scale, not the cost model's, so its prediction is not
     compared; SACPO, DPO and KTO train for no bound."""
-    if config.algorithm not in ("mocan", "caid", "ppo_lag"):
-        return []
+    if config.algorithm not in ("mocan", "caid", "ppo_lag") or config.caid.form == "preference":
+        return []  # PeCAID's margin, like PeCAN's, is on the implicit safety score's scale
     predicted = result.get("predicted_margin") or {}
     targets = []
     for c in config.dual.constraints:

@@ -12,7 +12,7 @@ import os
 import time
 
 from actors.failures import describe_actor_death
-from ray_align.algorithms import algorithm_module
+from ray_align.algorithms import job_module
 from ray_align.config import JobConfig, dump_config
 from ray_align.errors import UserError
 from ray_align.models.resolve import resolve_models
@@ -89,7 +89,7 @@ def run_job(config: JobConfig, *, overwrite: bool = False, preflight: bool = Tru
 
     out = start_run_folder(config.output_dir, dump_config(config), overwrite=overwrite)  # after the preflight
     out.sinks = open_sinks(config, out.root)
-    module = algorithm_module(config.algorithm)
+    module = job_module(config)  # PeCAID: algorithm caid, caid.form preference
     models = resolve_models(config.models, seed=config.seed)
     plan = plan_placement(resources_for(config, module.ROLES))
     connect(config, sum(b.get("CPU", 0.0) for b in plan.bundles))

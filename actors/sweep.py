@@ -34,7 +34,7 @@ from actors.evaluate import (
 )
 from actors.finish import policies_of
 from actors.launch import connect, run_job, setup_console
-from ray_align.algorithms import algorithm_module
+from ray_align.algorithms import job_module
 from ray_align.algorithms.common import prompt_token_ids
 from ray_align.cluster import Cluster
 from ray_align.config import JobConfig, dump_config
@@ -312,7 +312,7 @@ def _run_independent(plan: SweepPlan, parallel: int | None, overwrite: bool, tim
     """Each point is a whole run (`run_job`), `parallel` at a time (default 1: each holds a full placement)."""
     base = plan.base
     parallel = max(1, min(len(plan.points), parallel or 1))
-    module = algorithm_module(base.algorithm)
+    module = job_module(base)  # PeCAID (caid.form: preference) has its own roles
     per_run = bundle_total(resources_for(base, module.ROLES)).get("CPU", 0.0)
     connect(base, parallel * max(per_run, placement_cpus(base) if base.eval.enabled else 0.0))
     timing["parallel"] = parallel

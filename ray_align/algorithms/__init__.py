@@ -19,6 +19,24 @@ MODULES = {
 }
 
 
+# CAID's preference-based form (PeCAID) is `algorithm: caid` with `caid.form: preference`: another module, with
+# other roles (no scorer), so the driver and the preflight pick the module by the config, not the name alone.
+PECAID = "ray_align.algorithms.pecaid"
+
+
+def module_name(config) -> str | None:
+    """The module that runs ``config``'s method; None when no module implements its algorithm."""
+    if config.algorithm == "caid" and config.caid.form == "preference":
+        return PECAID
+    return MODULES.get(config.algorithm)
+
+
+def job_module(config) -> ModuleType:
+    """The imported module of :func:`module_name` (raises ValueError for an unknown algorithm)."""
+    name = module_name(config)
+    return importlib.import_module(name) if name else algorithm_module(config.algorithm)
+
+
 def algorithm_module(name: str) -> ModuleType:
     if name not in MODULES:
         raise ValueError(f"algorithm {name!r} is not available; choose one of {sorted(MODULES)}")

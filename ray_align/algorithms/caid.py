@@ -201,10 +201,10 @@ def save_iteration(config: JobConfig, out: RunDir, done: int, trainer, coordinat
     out.prune_checkpoints(ITER_PREFIX, config.checkpoint.keep)
 
 
-def iteration_line(done: int, total: int, names: list[str], record: dict) -> str:
+def iteration_line(done: int, total: int, names: list[str], record: dict, method: str = "caid") -> str:
     """``caid iteration 2/4 · λ safety 1.21 → 1.35 · slack safety -0.028 · reward 0.412``."""
     lam = ", ".join(
         f"{n} {a:.3g} → {b:.3g}" for n, a, b in zip(names, record["lambda"], record["next_lambda"])
     )
     slack = ", ".join(f"{n} {u:.3g}" for n, u in zip(names, record["slack"]))
-    return f"caid iteration {done}/{total} · λ {lam} · slack {slack} · reward {record['mean_reward']:.3g}"
+    return f"{method} iteration {done}/{total} · λ {lam} · slack {slack} · reward {record['mean_reward']:.3g}"

@@ -51,18 +51,19 @@ from ray_align.run_dir import RunDir
 ROLES = ("generator", "trainer")
 
 
-def pecan_margin(config: JobConfig) -> tuple[str, float]:
-    """(constraint name, margin b): PeCAN takes exactly one constraint, in the margin form."""
+def pecan_margin(config: JobConfig, method: str = "PeCAN", instead: str = "MoCAN") -> tuple[str, float]:
+    """(constraint name, margin b): the implicit-score methods (PeCAN, PeCAID) take one constraint, a margin."""
     constraints = config.dual.constraints
     if len(constraints) != 1:
         raise ValueError(
-            f"PeCAN learns one safety preference (safer_response_id), so it solves a dual with m = 1 constraint; "
-            f"got {len(constraints)} in dual.constraints. Use MoCAN (score models) for several constraints."
+            f"{method} learns one safety preference (safer_response_id), so it solves a dual with m = 1 "
+            f"constraint; got {len(constraints)} in dual.constraints. Use {instead} (score models) for several "
+            f"constraints."
         )
     c = constraints[0]
     if c.margin is None:
         raise ValueError(
-            f"PeCAN's implicit scores are known only up to a per-prompt constant (log Z), which an absolute "
+            f"{method}'s implicit scores are known only up to a per-prompt constant (log Z), which an absolute "
             f"threshold would depend on; give dual.constraints '{c.name}' a margin (in units of β·h_g) instead"
         )
     return c.name, float(c.margin)
@@ -76,6 +77,11 @@ def sample_pair_rows(prompt_index: np.ndarray) -> np.ndarray:
         mine = np.flatnonzero(prompt_index == i)
         rows += list(zip(mine[0::2], mine[1::2]))
     return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def rollout_examples(rollouts) -> list[Example]:
+    """The sampled (prompt, response) pairs as tokenised examples, the form the log-prob passes take."""
+    return [join_example(list(p), list(r)) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
 
 
 def implicit_scores(
@@ -112,8 +118,11 @@ def pairs_to_relabel(
     return [sampled[a] for a in rows[:, 0]], [sampled[b] for b in rows[:, 1]]
 
 
-def preference_policies(config: JobConfig, cluster: Cluster, out: RunDir, train, tokenizer) -> dict[str, str]:
-    """Step 1: {"helpfulness": DPO_H checkpoint, "safety": DPO_S checkpoint}, both from π_ref with β."""
+def preference_policies(
+    config: JobConfig, cluster: Cluster, out: RunDir, train, tokenizer, prefix: str = "pecan"
+) -> dict[str, str]:
+    """Step 1: {"helpfulness": DPO_H checkpoint, "safety": DPO_S checkpoint}, both from π_ref with β; recorded
+    stages ``{prefix}_helpfulness`` and ``{prefix}_safety`` (a rerun of the job reuses finished ones)."""
     policies = {}
     for preference in ("helpfulness", "safety"):
         pairs = dataset_pairs(train, preference, tokenizer, config)
@@ -124,7 +133,7 @@ def preference_policies(config: JobConfig, cluster: Cluster, out: RunDir, train,
             model_path=reference_path(config, cluster),  # DPO_H and DPO_S start at π_ref
             pairs=pairs,
             beta=config.can.beta,
-            stage=f"pecan_{preference}",
+            stage=f"{prefix}_{preference}",
         )
     return policies
 
@@ -140,22 +149,29 @@ class Reference:
     second: list[Example]
     h_r: tuple[np.ndarray, np.ndarray]  # of (y0, y1)
     h_g: tuple[np.ndarray, np.ndarray]
+    prompt_ids: list[list[int]] | None = None  # the N sampled prompts, as the engines condition on them
 
 
-def reference_part(config: JobConfig, cluster: Cluster, out: RunDir) -> Reference:
-    """Steps 1-3 and the table of step 4 (tables/pecan_samples.parquet): everything before λ*."""
+def reference_part(
+    config: JobConfig, cluster: Cluster, out: RunDir, *, prefix: str = "pecan", sample=None
+) -> Reference:
+    """Steps 1-3 and the table of step 4 (tables/{prefix}_samples.parquet): everything before λ*.
+
+    ``sample``: (N prompts, K samples per prompt) of π_ref; default can.num_prompts × can.samples_per_prompt
+    (PeCAID passes its caid.* sizes). ``prefix`` names the DPO_H/DPO_S stages and the table."""
     name = config.dual.constraints[0].name
     beta = config.can.beta
+    num_prompts, per_prompt = sample or (config.can.num_prompts, config.can.samples_per_prompt)
     train, _ = load_dataset(config)
     tokenizer = AutoTokenizer.from_pretrained(cluster.policy_path)
     # 1. DPO_H and DPO_S from π_ref
-    policies = preference_policies(config, cluster, out, train, tokenizer)
+    policies = preference_policies(config, cluster, out, train, tokenizer, prefix)
     # 2. N × K samples of π_ref
-    texts = prompt_texts(train, config.can.num_prompts)
+    texts = prompt_texts(train, num_prompts)
     ids = prompt_token_ids(texts, config, cluster.policy_path)
     generators_on_reference(config, cluster)
-    rollouts = cluster.generator.generate(ids, sampling_from(config, n=config.can.samples_per_prompt))
-    sampled = [join_example(list(p), list(r)) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
+    rollouts = cluster.generator.generate(ids, sampling_from(config, n=per_prompt))
+    sampled = rollout_examples(rollouts)
     # 3. implicit scores of the samples and of the pairs to relabel, in one pass per model
     first, second = pairs_to_relabel(config, train, tokenizer, rollouts.prompt_index, sampled)
     h_r, h_g = implicit_scores(
@@ -168,9 +184,9 @@ def reference_part(config: JobConfig, cluster: Cluster, out: RunDir) -> Referenc
     n, p = len(sampled), len(first)
     # 4. the dual's table: r = β h_r, g = β h_g (stored on the cost scale, −g)
     samples = ScoredSamples(rollouts, beta * h_r[:n], -beta * h_g[:n, None])
-    samples.write(out.path("tables", "pecan_samples.parquet"), texts, [name])
+    samples.write(out.path("tables", f"{prefix}_samples.parquet"), texts, [name])
     y0, y1 = slice(n, n + p), slice(n + p, n + 2 * p)
-    return Reference(policies, samples, first, second, (h_r[y0], h_r[y1]), (h_g[y0], h_g[y1]))
+    return Reference(policies, samples, first, second, (h_r[y0], h_r[y1]), (h_g[y0], h_g[y1]), ids)
 
 
 def optimal_dual(config: JobConfig, cluster: Cluster, reference: Reference) -> tuple[np.ndarray, Prediction]:

@@ -251,6 +251,9 @@ class CAIDConfig(Section):
     num_prompts: int = Field(default=600, gt=1)
     samples_per_prompt: int = Field(default=64, gt=1)
     warm_start: bool = True
+    # model: MoCAID (reward and cost models score the samples); preference: PeCAID (the implicit scores of
+    # DPO-trained helpful and safe policies, as PeCAN, with no score models)
+    form: Literal["model", "preference"] = "model"
 
 
 class SACPOConfig(Section):
@@ -350,8 +353,10 @@ class JobConfig(Section):
     @model_validator(mode="after")
     def _constraints_have_scorers(self) -> JobConfig:
         scorers = self.models.constraint_names
+        # PeCAID's constraint is the dataset's safety preference, scored by DPO_S: no cost model to name
+        pecaid = self.algorithm == "caid" and self.caid.form == "preference"
         for i, c in enumerate(self.dual.constraints):
-            if c.name not in scorers:
+            if c.name not in scorers and not pecaid:
                 raise ValueError(
                     f"dual.constraints.{i}.name: '{c.name}' has no scorer; add it to models.costs "
                     f"(known: {scorers or 'none'})"
@@ -369,6 +374,14 @@ class JobConfig(Section):
             raise ValueError(
                 f"dual.rule: CAID's dual step is projected dual descent; set dual.rule: projected (got '{self.dual.rule}')"
             )
+        if self.algorithm == "caid" and self.caid.form == "preference":
+            bounds = [c.name for c in self.dual.constraints if c.margin is None]
+            if len(self.dual.constraints) > 1 or bounds:
+                raise ValueError(
+                    "dual.constraints: caid.form preference (PeCAID) scores a constraint by the implicit score of "
+                    "the dataset's one safety preference, known up to a per-prompt constant: give one constraint, "
+                    f"with a margin (got {len(self.dual.constraints)}, thresholds on {bounds or 'none'})"
+                )
         if self.algorithm == "ppo_lag":
             if self.dual.rule == "projected":
                 raise ValueError(

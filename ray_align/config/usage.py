@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 _DPO_LOSS = ("dpo", "mocan", "pecan", "caid", "sacpo")  # every run that trains with DPOSpec
+# PeCAID is `algorithm: caid` with `caid.form: preference`: it reads all CAID reads, and PeCAN's label form
+PECAID = "pecaid"
 
 READ_BY: dict[str, tuple[str, ...]] = {
     "ppo": ("ppo_lag",),
@@ -26,7 +28,7 @@ READ_BY: dict[str, tuple[str, ...]] = {
     "dpo.loss_type": _DPO_LOSS,
     "kto": ("kto", "sacpo"),  # SACPO with sacpo.loss or sacpo.helpfulness_loss = kto
     "kto.beta": ("kto",),  # SACPO's KTO step uses sacpo.beta / beta_over_lambda
-    "can.pecan_label": ("pecan",),
+    "can.pecan_label": ("pecan", PECAID),
     "dual.window": ("ppo_lag",),  # the safe_rlhf rule's; CAID's rule is projected
     "dual.delay_steps": ("ppo_lag",),
     "dual.pid": ("ppo_lag",),
@@ -40,6 +42,17 @@ def readers(option: str) -> tuple[str, ...] | None:
     return READ_BY.get(option, READ_BY.get(option.split(".")[0]))
 
 
+def method_names(config: Any) -> set[str]:
+    """The names ``config``'s method answers to in READ_BY: its algorithm, and "pecaid" for CAID's preference form."""
+    if config.algorithm == "caid" and config.caid.form == "preference":
+        return {"caid", PECAID}
+    return {config.algorithm}
+
+
+def _label(name: str) -> str:
+    return "caid with caid.form: preference" if name == PECAID else name
+
+
 def _non_default_keys(section: Any) -> list[str]:
     fields = type(section).model_fields
     return [k for k, f in fields.items() if getattr(section, k) != f.get_default(call_default_factory=True)]
@@ -47,13 +60,13 @@ def _non_default_keys(section: Any) -> list[str]:
 
 def unused_options(config: Any) -> str | None:
     """One line naming every option set to a non-default value that ``config.algorithm`` never reads, or None."""
-    unused = []
+    unused, names = [], method_names(config)
     for name in dict.fromkeys(key.split(".")[0] for key in READ_BY):
         for key in _non_default_keys(getattr(config, name)):
             option = f"{name}.{key}"
             read_by = readers(option)
-            if read_by is not None and config.algorithm not in read_by:
-                unused.append(f"{option} (read by {', '.join(read_by)})")
+            if read_by is not None and not names & set(read_by):
+                unused.append(f"{option} (read by {', '.join(map(_label, read_by))})")
     if not unused:
         return None
     them = "it" if len(unused) == 1 else "them"

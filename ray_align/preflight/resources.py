@@ -15,27 +15,29 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ray_align.algorithms import MODULES
+from ray_align.algorithms import MODULES, module_name
 from ray_align.config import ConfigError, JobConfig
 from ray_align.config.load import load_yaml, read_text_file
 from ray_align.placement import ResourcesFile, plan_placement, resources_for
 from ray_align.preflight.findings import Findings
 
 
-def roles_of(algorithm: str) -> tuple[str, ...] | None:
-    """The ``ROLES`` a method module declares, read from its source; None when no module implements it."""
-    if algorithm not in MODULES:
+def roles_of(algorithm: str, module: str | None = None) -> tuple[str, ...] | None:
+    """The ``ROLES`` a method module declares (``module``, default MODULES[algorithm]), read from its source;
+    None when no module implements it."""
+    if module is None and algorithm not in MODULES:
         return None
-    spec = importlib.util.find_spec(MODULES[algorithm])
+    module = module or MODULES[algorithm]
+    spec = importlib.util.find_spec(module)
     tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROLES" for t in node.targets):
             return tuple(ast.literal_eval(node.value))
-    raise RuntimeError(f"{MODULES[algorithm]} declares no ROLES")
+    raise RuntimeError(f"{module} declares no ROLES")
 
 
 def check_algorithm(config: JobConfig, found: Findings) -> tuple[str, ...] | None:
-    roles = roles_of(config.algorithm)
+    roles = roles_of(config.algorithm, module_name(config))  # PeCAID (caid.form: preference) has no scorer
     if roles is None:
         found.problem(
             f"algorithm: '{config.algorithm}' is not implemented yet; choose one of {', '.join(sorted(MODULES))}"

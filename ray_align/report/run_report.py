@@ -33,7 +33,14 @@ HYPERPARAMETERS: dict[str, dict[str, tuple[str, ...]]] = {
         "training": ("lr", "critic_lr"),
     },
     "caid": {
-        "caid": ("iterations", "epochs_per_iteration", "num_prompts", "samples_per_prompt", "warm_start"),
+        "caid": (
+            "form",
+            "iterations",
+            "epochs_per_iteration",
+            "num_prompts",
+            "samples_per_prompt",
+            "warm_start",
+        ),
         "can": ("beta",),
         "dual": ("lr",),
         "training": ("lr",),

@@ -252,3 +252,44 @@ def test_pecan_dual_on_implicit_scores(ray_session, pku_dir, tmp_path):
         assert len(out.metrics(stage)) == 3
         causal_lm_state(str(out.checkpoint(stage)))  # loads as a causal LM
     assert result["pairs"] == 24 and result["label_form"] == "theory"
+
+
+# ---------------------------------------------------------------------------------------------- PeCAID
+
+
+def test_pecaid_iterates_on_implicit_scores_and_resumes(ray_session, pku_dir, tmp_path):
+    """caid.form = preference: DPO_H and DPO_S, 8 prompts × 4 π_ref samples scored by β h, the warm-start solve,
+    then 2 × (DPO on the 24 relabelled dataset pairs → on-policy sample scored by β h_g → dual step). θ_0 is
+    π_ref, so the first DPO step's loss is log 2. A rerun of the finished job resumes after iteration 2: the
+    stages and the iteration checkpoint are reused and nothing trains again."""
+    pecaid = (
+        *PREFERENCE,
+        "caid.form=preference",
+        "caid.num_prompts=8",
+        "caid.samples_per_prompt=4",
+        "caid.iterations=2",
+        "dual.rule=projected",
+        "dual.constraints=[{name: safety, margin: 0.001}]",
+        "dual.lam_max=100",  # β h's scale is the implicit scores'; 5 would cap λ here (as PeCAN's smoke run)
+        "checkpoint.every=1",
+    )
+    _, result, out = run(pku_dir, tmp_path, "caid", *pecaid)
+    history = json.loads(out.path("dual.json").read_text())["history"]
+    assert [h["event"] for h in history[1:]] == ["solve", "update", "update"]
+    assert history[-1]["lam"] == [pytest.approx(result["lambda"]["safety"])]
+    records = result["iterations"]
+    assert [r["iteration"] for r in records] == [0, 1]
+    assert records[1]["lambda"] == records[0]["next_lambda"]
+    assert all(math.isfinite(r["slack"][0]) and math.isfinite(r["mean_reward"]) for r in records)
+    assert result["final_slack"]["safety"] == records[1]["slack"][0]
+    assert pq.read_table(out.path("tables", "pecaid_samples.parquet")).num_rows == 32
+    for stage in ("pecaid_helpfulness", "pecaid_safety", "pecaid_dpo_0", "pecaid_dpo_1"):
+        assert len(out.metrics(stage)) == 3  # 24 pairs in batches of 8
+    assert out.metrics("pecaid_dpo_0")[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    final = causal_lm_state(result["checkpoint"])
+    assert not changed(final, causal_lm_state(str(out.checkpoint("pecaid_iter_0002"))))
+    assert result["pairs"] == 24 and result["label_form"] == "theory"
+    _, again, out = run(pku_dir, tmp_path, "caid", *pecaid)
+    assert again["resumed_from_iteration"] == 2 and again["iterations"] == records
+    assert again["lambda"] == result["lambda"]
+    assert len(out.metrics("pecaid_dpo_1")) == 3  # not trained again

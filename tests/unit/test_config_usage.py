@@ -10,7 +10,7 @@ import pytest
 from ray_align.config import ConfigError, JobConfig, load_config
 from ray_align.config.load import apply_override, parse_override
 from ray_align.config.schema import Algorithm
-from ray_align.config.usage import READ_BY, readers
+from ray_align.config.usage import PECAID, READ_BY, readers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ def test_the_table_names_real_options_and_algorithms():
     for option, read_by in READ_BY.items():
         section, _, key = option.partition(".")
         assert hasattr(config, section) and (not key or key in type(getattr(config, section)).model_fields)
-        assert set(read_by) <= algorithms, option
+        assert set(read_by) <= algorithms | {PECAID}, option  # PeCAID: caid with caid.form preference
     assert "eval" not in {option.partition(".")[0] for option in READ_BY}
 
 
