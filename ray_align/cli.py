@@ -69,6 +69,17 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_gguf(args: argparse.Namespace) -> int:
+    import time
+
+    from ray_align.models.gguf import import_gguf
+
+    start = time.perf_counter()
+    out = import_gguf(args.gguf_file, args.out, args.dtype)
+    print(f"{out} ({args.dtype}, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 def _run_eval(*args, **kwargs):
     from actors.evaluate import run_eval  # heavy: Ray and the roles, only once the arguments are sound
 
@@ -120,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="output folder")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny)
+
+    gguf = sub.add_parser(
+        "import-gguf", help="dequantise a GGUF checkpoint into a plain Hugging Face folder (docs/models.md)"
+    )
+    gguf.add_argument("gguf_file", metavar="GGUF_FILE", help="a .gguf file (causal LM)")
+    gguf.add_argument("--out", help="new or empty output folder (default: ./<file name without .gguf>)")
+    gguf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    gguf.set_defaults(func=_cmd_import_gguf)
 
     from ray_align.eval.command import add_eval_parser
     from ray_align.sweep.command import add_sweep_parser

