@@ -29,6 +29,7 @@ from ray_align.cluster import Cluster, PolicyTrainer
 from ray_align.config.schema import JobConfig
 from ray_align.data import collate_pairs, helpfulness_pairs, safety_pairs, tokenize_pairs, tokenizer_pad_id
 from ray_align.losses.specs import CostModelSpec, RewardModelSpec
+from ray_align.models.bridge import reads_text_pairs, text_pair_examples
 from ray_align.models.resolve import resolve_models
 from ray_align.run_dir import RunDir
 
@@ -54,7 +55,11 @@ class ScorePairs:
 def score_pairs(ds, cost: bool, tokenizer, config: JobConfig) -> ScorePairs:
     """Helpfulness pairs for the reward model, safety pairs with their safety labels for the cost model."""
     view = safety_pairs(ds) if cost else helpfulness_pairs(ds)
-    pairs = tokenize_pairs(view, tokenizer, **tokenize_options(config))
+    # an encoder is trained on the text pairs the scorer's bridge gives it (ray_align/models/bridge.py)
+    if reads_text_pairs(tokenizer):
+        pairs = text_pair_examples(view, tokenizer, config.data.max_length)
+    else:
+        pairs = tokenize_pairs(view, tokenizer, **tokenize_options(config))
     if not cost:
         return ScorePairs(pairs)
     safe = np.stack([list(view["chosen_is_safe"]), list(view["rejected_is_safe"])], axis=1).astype(bool)

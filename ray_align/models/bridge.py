@@ -97,6 +97,33 @@ class TokenBridge:
         return [self.encode_text(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
+def reads_text_pairs(tokenizer: Any) -> bool:
+    """Whether a scorer with this tokenizer reads (prompt, response) as a text pair: an encoder's tokenizer (a
+    separator token, no chat template). Its vocabulary is never a causal policy's, so it is always scored
+    through the bridge; a score model trained here from such a checkpoint is trained on that same encoding."""
+    return getattr(tokenizer, "sep_token", None) is not None and not getattr(tokenizer, "chat_template", None)
+
+
+def text_pair_examples(
+    pairs: Any, tokenizer: Any, max_length: int | None = None
+) -> list[dict[str, dict[str, list[int]]]]:
+    """A pairs view (prompt, chosen, rejected) encoded as the bridge encodes a sample for this scorer: one
+    {"chosen": example, "rejected": example} per row, the prompt part ending at the first separator."""
+    from ray_align.data.formatting import join_example
+
+    bridge = TokenBridge(tokenizer, tokenizer, max_length)
+
+    def example(prompt: str, response: str) -> dict[str, list[int]]:
+        ids = bridge.encode_text(prompt, response)
+        cut = ids.index(tokenizer.sep_token_id) + 1 if tokenizer.sep_token_id in ids[:-1] else 1
+        return join_example(ids[:cut], ids[cut:])
+
+    return [
+        {"chosen": example(row["prompt"], row["chosen"]), "rejected": example(row["prompt"], row["rejected"])}
+        for row in pairs.select_columns(["prompt", "chosen", "rejected"])
+    ]
+
+
 def bridge_for(policy: Any, scorer: Any) -> TokenBridge | None:
     """A bridge when the scorer's vocabulary differs from the policy's; None when ids pass through untouched."""
     return None if same_vocabulary(policy, scorer) else TokenBridge(policy, scorer)
