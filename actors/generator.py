@@ -191,6 +191,7 @@ class VLLMGenerator:
         self.llm.collective_rpc(
             "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
         )
+        self.llm.collective_rpc("retie_word_embeddings")  # actors/weight_sync.py: tied heads keep old tensors
         self.llm.reset_prefix_cache()
         stats = {"seconds": time.perf_counter() - start, "bytes": float(state_dict_nbytes(state_dict))}
         logger.info("engine weights updated: %.0f bytes in %.3f s", stats["bytes"], stats["seconds"])

@@ -227,7 +227,28 @@ class WeightReceiverExtension:
         stream = receiver.receive(sync_id)
         self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
         drain(stream)
+        self.retie_word_embeddings()
         return receiver.received
+
+    def retie_word_embeddings(self) -> bool:
+        """Tie the LM head to the input embeddings again after a reload, when the model ties them (SmolLM2).
+
+        A tied checkpoint's ``lm_head.weight`` is skipped by the loader, and the layerwise reload gives the
+        embeddings a new tensor: the head kept the old one (and on CPU the GEMM packed from it), so the engine
+        sampled from the new body with the old head. Returns whether it re-tied."""
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+        config = self.model_runner.model_config.hf_config.get_text_config()
+        if not getattr(config, "tie_word_embeddings", False):
+            return False
+        model = self.model_runner.get_model()
+        heads = [m for m in model.modules() if isinstance(m, ParallelLMHead)]
+        embeddings = [m for m in model.modules() if type(m) is VocabParallelEmbedding]
+        if len(heads) != 1 or len(embeddings) != 1:
+            return False
+        head = heads[0].tie_weights(embeddings[0])
+        head.quant_method.process_weights_after_loading(head)  # CPU: re-pack the head's GEMM
+        return True
 
 
 class WeightSync:
