@@ -9,11 +9,10 @@ exact target is computed from the pairs it trained on: here the labels are redra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from known_optimum import Reference
+from known_optimum import Reference, write_preference_pairs
 
 from ray_align.algorithms.common import load_dataset
 from ray_align.data import helpfulness_pairs
@@ -23,37 +22,7 @@ from ray_align.tasks.answer_scorer import answer_index, prompt_index
 from ray_align.tasks.dpo_optimum import dpo_optimum, preference_counts
 from ray_align.tasks.score_classifier import build_table_classifier
 
-
-def write_pair_dataset(path: Path, task, n_pair: int, seed: int = 0) -> None:
-    """PKU rows for every (prompt, unordered answer pair {a, b}), n_pair each, in random order and orientation.
-    The dataset's own labels are stratified Bradley–Terry: exactly round(n_pair·σ(r_b − r_a)) of the rows name b
-    better (and likewise σ(g_b − g_a) for safer), so plain DPO's target is π_ref e^{r/β}/Z up to that rounding."""
-    rng = np.random.default_rng(seed)
-    g = task.utilities[..., 0]
-    rows = []
-    for x, prompt in enumerate(task.prompts):
-        for a in range(len(task.answers)):
-            for b in range(a + 1, len(task.answers)):
-                wins = {}
-                for name, table in (("better", task.reward), ("safer", g)):
-                    k = round(n_pair / (1.0 + np.exp(table[x, a] - table[x, b])))
-                    wins[name] = rng.permutation(np.arange(n_pair) < k)  # True: b wins
-                swap = rng.random(n_pair) < 0.5
-                for i in range(n_pair):
-                    y0, y1 = (b, a) if swap[i] else (a, b)
-                    rows.append(
-                        {
-                            "prompt": prompt,
-                            "response_0": task.answers[y0],
-                            "response_1": task.answers[y1],
-                            "is_response_0_safe": bool(g[x, y0] > 0),
-                            "is_response_1_safe": bool(g[x, y1] > 0),
-                            "better_response_id": int((b if wins["better"][i] else a) == y1),
-                            "safer_response_id": int((b if wins["safer"][i] else a) == y1),
-                        }
-                    )
-    with open(path, "w") as f:
-        f.writelines(json.dumps(rows[i]) + "\n" for i in rng.permutation(len(rows)))
+write_pair_dataset = write_preference_pairs  # the stepwise suite's file: same rows, same stratified labels
 
 
 def dataset_pairs(config) -> tuple[list[str], list[str], list[str]]:

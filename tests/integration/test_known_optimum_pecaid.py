@@ -31,9 +31,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from known_optimum import Reference, build_reference, evaluate, job_config, policy_probs
+from known_optimum import (
+    Reference,
+    build_reference,
+    evaluate,
+    job_config,
+    policy_probs,
+    write_preference_pairs,
+)
 from scipy.optimize import brentq
-from test_known_optimum_stepwise import write_preference_pairs
 
 from actors.launch import run_job
 from ray_align.algorithms.rollout import DUAL_FILE

@@ -41,12 +41,16 @@ and the merge's TV ≤ 0.15 (not exact for a network).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
-from known_optimum import Reference, build_reference, evaluate, job_config, policy_probs
+from known_optimum import (
+    Reference,
+    build_reference,
+    evaluate,
+    job_config,
+    policy_probs,
+    write_preference_pairs,
+)
 
 from actors.launch import run_job
 from ray_align.tasks import known_optimum as ko
@@ -66,39 +70,6 @@ DPO = (
 TV_STEP = 0.05  # TV of a DPO stage to its exact target
 TV_MERGE = 0.15  # P-SACPO's merge against π_{r+qλg}: exact only for tabular policies
 LAMBDA_TOL = 0.1  # PeCAN's λ̂ against λ*
-
-
-def write_preference_pairs(path: Path, task, n_pair: int, seed: int = 0) -> int:
-    """PKU rows for every (prompt, unordered answer pair), n_pair each, with stratified Bradley–Terry labels
-    (module doc). Returns the row count."""
-    rng = np.random.default_rng(seed)
-    g = task.utilities[..., 0]
-    rows = []
-    for x, prompt in enumerate(task.prompts):
-        for a in range(len(task.answers)):
-            for b in range(a + 1, len(task.answers)):
-                b_wins = {}
-                for name, table in (("better", task.reward), ("safer", g)):
-                    k = round(n_pair / (1.0 + np.exp(table[x, a] - table[x, b])))
-                    b_wins[name] = rng.permutation(np.arange(n_pair) < k)
-                swap = rng.random(n_pair) < 0.5
-                for i in range(n_pair):
-                    y0, y1 = (b, a) if swap[i] else (a, b)
-                    rows.append(
-                        {
-                            "prompt": prompt,
-                            "response_0": task.answers[y0],
-                            "response_1": task.answers[y1],
-                            "is_response_0_safe": bool(g[x, y0] > 0),
-                            "is_response_1_safe": bool(g[x, y1] > 0),
-                            "better_response_id": int((b if b_wins["better"][i] else a) == y1),
-                            "safer_response_id": int((b if b_wins["safer"][i] else a) == y1),
-                        }
-                    )
-    order = rng.permutation(len(rows))
-    with open(path, "w") as f:
-        f.writelines(json.dumps(rows[i]) + "\n" for i in order)
-    return len(rows)
 
 
 @pytest.fixture(scope="module")
