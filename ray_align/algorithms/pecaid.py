@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class Setup:
     tau: np.ndarray  # [m]
     ref_logps: np.ndarray  # [P, 2]: π_ref's log-probs of (y0, y1)
     pad_id: int
+    ref_seconds: float  # the wall time of that reference pass
 
 
 def oriented(ref_logps: np.ndarray, first: list, chosen: list) -> np.ndarray:
@@ -96,17 +98,18 @@ def setup(config: JobConfig, cluster: Cluster, out: RunDir) -> Setup:
     tau = thresholds(reference.samples.table(), margin=[b])  # Ē_ref[β h_g] + b, the dual's τ
     pad_id = tokenizer_pad_id(AutoTokenizer.from_pretrained(cluster.policy_path), config.models.pad_token)
     both = [{"chosen": a, "rejected": z} for a, z in zip(reference.first, reference.second)]
+    clock = time.perf_counter()
     ref_logps = reference_pair_logps(
         cluster, reference_path(config, cluster), both, pad_id, config.training.batch_size
     )
-    return Setup(reference, b, tau, ref_logps, pad_id)
+    return Setup(reference, b, tau, ref_logps, pad_id, time.perf_counter() - clock)
 
 
 def maximise(
     config: JobConfig, cluster: Cluster, out: RunDir, s: Setup, lam: np.ndarray, it: int, start: str
 ):
     """Step 1-2: DPO from θ_t (``start``) on the pairs labelled at λ_t, saved to checkpoints/pecaid and synced
-    into the generators. Returns (checkpoint, sync stats)."""
+    into the generators. Returns (checkpoint, sync stats, seconds of the DPO steps)."""
     (h_r0, h_r1), (h_g0, h_g1), ref = s.reference.h_r, s.reference.h_g, s.reference
     soft, beta, t = config.can.label == "soft", config.can.beta, config.training
     labels = pecan_labels(
@@ -118,6 +121,7 @@ def maximise(
     trainer = cluster.new_trainer(start, "causal_lm", total_steps=steps, rows_per_example=2)
     try:
         spec = DPOSpec(beta=beta, label_smoothing=config.dpo.label_smoothing, loss_type=config.dpo.loss_type)
+        clock = time.perf_counter()  # the trainer's start-up is not training time, as in dpo_run
         train_pairs(
             trainer,
             pairs,
@@ -130,11 +134,12 @@ def maximise(
             out=out,
             stage=f"{STAGE}_dpo_{it}",
         )
+        seconds = time.perf_counter() - clock
         sync = cluster.sync_weights(trainer)
         checkpoint = trainer.save(str(out.checkpoint(STAGE)))
     finally:
         trainer.shutdown()
-    return checkpoint, sync
+    return checkpoint, sync, seconds
 
 
 def measure(config: JobConfig, cluster: Cluster, s: Setup, it: int) -> tuple[np.ndarray, float]:
@@ -174,14 +179,18 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
     out.drop_metrics(STAGE, from_step=start)
     theta = str(resumed[1]) if resumed else cluster.policy_path
     lam = np.asarray(cluster.coordinator.lam())
+    # π_ref's pass over the pairs and every DPO step (DPO_H's and DPO_S's are their stages' records)
+    train_seconds = s.ref_seconds
     for it in range(start, c.iterations):
-        theta, sync = maximise(config, cluster, out, s, lam, it, theta)  # 1-2
+        theta, sync, seconds = maximise(config, cluster, out, s, lam, it, theta)  # 1-2
+        train_seconds += seconds
         u, reward = measure(config, cluster, s, it)  # 3
         record = {
             "iteration": it,
             "lambda": lam.tolist(),  # the λ this iteration's policy was trained at
             "slack": u.tolist(),
             "sync_seconds": sync["seconds"],
+            "train_seconds": seconds,
             "mean_reward": reward,  # Ê_π[β h_r]: the reward up to a per-prompt constant
         }
         lam = np.asarray(cluster.coordinator.update(u))  # 4
@@ -201,6 +210,7 @@ def run(config: JobConfig, cluster: Cluster, out: RunDir) -> dict:
         "final_slack": dict(zip(names, history[-1]["slack"])) if history else {},
         "label_form": config.can.pecan_label,
         "pairs": len(s.reference.first),
+        "train_seconds": round(train_seconds, 3),  # this attempt's
     }
     out.write_result(result)
     return result

@@ -12,6 +12,9 @@ recomputed log π_θ (which would be the previous step's weights, not the sample
 change between generate calls, hence the settle before each sync. On one machine the two phases share the cores,
 so the gain is whatever the trainers leave idle; on a cluster, generation and training run on separate GPUs and
 the step takes max(sample, train) instead of their sum. docs/methods-ppo-lag.md has the measured speedup.
+
+CAID's iterations take their on-policy samples from the same source (caid.async_rollout, ray_align/algorithms/caid.py:
+θ_t is sampled during its own DPO step).
 """
 
 from __future__ import annotations

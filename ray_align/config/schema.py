@@ -254,6 +254,9 @@ class CAIDConfig(Section):
     # model: MoCAID (reward and cost models score the samples); preference: PeCAID (the implicit scores of
     # DPO-trained helpful and safe policies, as PeCAN, with no score models)
     form: Literal["model", "preference"] = "model"
+    # Sample θ_t in the background while its DPO trains θ_{t+1}; λ then steps on θ_t's slack, one iteration old
+    # (none from θ_0 = π_ref), and θ_T is sampled once more at the end. MoCAID only. docs/methods-dual.md.
+    async_rollout: bool = False
 
 
 class SACPOConfig(Section):
@@ -373,6 +376,11 @@ class JobConfig(Section):
         if self.algorithm == "caid" and self.dual.rule != "projected":
             raise ValueError(
                 f"dual.rule: CAID's dual step is projected dual descent; set dual.rule: projected (got '{self.dual.rule}')"
+            )
+        if self.algorithm == "caid" and self.caid.form == "preference" and self.caid.async_rollout:
+            raise ValueError(
+                "caid.async_rollout: only MoCAID (caid.form: model) overlaps sampling with training; PeCAID scores "
+                "its samples with a trainer group that starts after the policy's is shut down: set it to false"
             )
         if self.algorithm == "caid" and self.caid.form == "preference":
             bounds = [c.name for c in self.dual.constraints if c.margin is None]

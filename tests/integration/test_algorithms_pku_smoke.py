@@ -289,6 +289,7 @@ def test_pecaid_iterates_on_implicit_scores_and_resumes(ray_session, pku_dir, tm
     final = causal_lm_state(result["checkpoint"])
     assert not changed(final, causal_lm_state(str(out.checkpoint("pecaid_iter_0002"))))
     assert result["pairs"] == 24 and result["label_form"] == "theory"
+    assert result["train_seconds"] >= sum(r["train_seconds"] for r in records) - 1e-3  # + π_ref's pass
     _, again, out = run(pku_dir, tmp_path, "caid", *pecaid)
     assert again["resumed_from_iteration"] == 2 and again["iterations"] == records
     assert again["lambda"] == result["lambda"]

@@ -51,21 +51,40 @@ def test_mocan_reaches_the_optimum(ray_session, reference, tmp_path):
     assert np.all(outcome["slack"] >= -0.05), outcome
 
 
+CAID = (
+    f"can.samples_per_prompt={K}",
+    f"caid.samples_per_prompt={K}",
+    "caid.num_prompts=3",
+    "caid.iterations=2",
+    "caid.epochs_per_iteration=100",
+    "dual.rule=projected",
+    "dual.lr=0.5",
+    "dual.lam_max=10",
+    *DPO,
+)
+ETA = 0.5
+
+
 def test_caid_reaches_the_optimum(ray_session, reference, tmp_path):
-    """Warm start from λ̂, then 2 × (100 DPO epochs at λ_t → on-policy sample → dual step). η = 0.5 < 2/L here."""
+    """Warm start from λ̂, then 2 × (100 DPO epochs at λ_t → on-policy sample → dual step). η = 0.5 < 2/L here
+    (ηL ≈ 0.34 for m = 1, 0.27 for m = 2, L the largest eigenvalue of ∇²D(λ*) at the task's target π_ref)."""
+    result = run_job(job_config(reference, tmp_path / "caid", "caid", *CAID))
+    lam = np.array(list(result["lambda"].values()))
+    np.testing.assert_array_less(np.abs(lam - reference.optimum.lam_star), _lambda_tolerance(reference) + 0.1)
+    outcome = evaluate(reference, result["checkpoint"])
+    assert outcome["tv"] <= 0.05, outcome
+    assert np.all(outcome["slack"] >= -0.05), outcome
+    assert len(result["iterations"]) == 2
+
+
+@pytest.mark.parametrize("reference", [2], ids=["m2"], indirect=True)  # m = 2 only, for CI time
+def test_caid_async_rollout_reaches_the_optimum(ray_session, reference, tmp_path):
+    """caid.async_rollout (m = 2 only, for CI time): θ_t is sampled during its DPO and λ steps on its slack, one
+    iteration late (stable for ηL < 1; ≈ 0.27 here), none from π_ref; θ_T is sampled at the end and takes the T-th
+    step. Same tolerances as the synchronous loop. A rerun resumes after the last iteration: it syncs the loaded
+    θ_T into the engines and repeats the final sample and step, bit for bit."""
     config = job_config(
-        reference,
-        tmp_path / "caid",
-        "caid",
-        f"can.samples_per_prompt={K}",
-        f"caid.samples_per_prompt={K}",
-        "caid.num_prompts=3",
-        "caid.iterations=2",
-        "caid.epochs_per_iteration=100",
-        "dual.rule=projected",
-        "dual.lr=0.5",
-        "dual.lam_max=10",
-        *DPO,
+        reference, tmp_path / "caid", "caid", *CAID, "caid.async_rollout=true", "checkpoint.every=2"
     )
     result = run_job(config)
     lam = np.array(list(result["lambda"].values()))
@@ -73,7 +92,22 @@ def test_caid_reaches_the_optimum(ray_session, reference, tmp_path):
     outcome = evaluate(reference, result["checkpoint"])
     assert outcome["tv"] <= 0.05, outcome
     assert np.all(outcome["slack"] >= -0.05), outcome
-    assert len(result["iterations"]) == 2
+    first, second = result["iterations"]
+    final = result["final_step"]
+    assert first["slack_policy"] is None and first["next_lambda"] == first["lambda"]  # no step from π_ref
+    # θ_1 was sampled during the second DPO: the iteration waited for less than the sampling took
+    assert second["slack_policy"] == 1 and second["sample_wait_seconds"] < second["sample_seconds"]
+    assert final["slack_policy"] == 2 and final["lambda"] == second["next_lambda"]
+    for step in (second, final):
+        expected = np.maximum(np.array(step["lambda"]) - ETA * np.array(step["slack"]), 0.0)
+        np.testing.assert_allclose(step["next_lambda"], expected, rtol=1e-6)
+    assert list(result["final_slack"].values()) == final["slack"] and list(lam) == final["next_lambda"]
+    assert result["train_seconds"] >= sum(r["train_seconds"] for r in result["iterations"]) - 1e-3
+
+    again = run_job(config)
+    assert again["resumed_from_iteration"] == 2 and again["iterations"] == result["iterations"]
+    for key in ("slack", "lambda", "next_lambda", "mean_reward"):
+        assert again["final_step"][key] == final[key], key
 
 
 def test_sampling_and_the_dual_are_deterministic(ray_session, reference, tmp_path):
