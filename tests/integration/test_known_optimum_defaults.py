@@ -1,6 +1,6 @@
 """DPO, MoCAN and CAID on their DEFAULT paths land on the exact optimum of what they train on (m = 1).
 
-Defaults (ray_align/config/schema.py): MoCAN and CAID relabel the dataset's own pairs (``can.pairs: dataset``)
+Defaults (ray_align/config/methods.py): MoCAN and CAID relabel the dataset's own pairs (``can.pairs: dataset``)
 with one hard Bernoulli label each (``can.label: hard``); ``algorithm: dpo`` learns the dataset's own hard labels.
 The data is a PKU-format file with every (prompt, unordered answer pair) N_PAIR times (known_optimum_defaults).
 
