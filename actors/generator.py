@@ -62,6 +62,27 @@ def request_seed(base: int | None, index: int) -> int | None:
     return int(np.random.SeedSequence([int(base), int(index)]).generate_state(1)[0])
 
 
+def request_params(sampling: Sampling, count: int, first_index: int = 0) -> list[Any]:
+    """One vLLM ``SamplingParams`` per prompt of ``prompts[first_index:first_index + count]``, each with its
+    :func:`request_seed`."""
+    from vllm import SamplingParams
+
+    # logprobs=0: return only the sampled token's log-prob; vLLM's default "raw_logprobs" mode computes it
+    # from the model's logits before temperature/top-p, i.e. log π(token | context) of the policy itself.
+    return [
+        SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=request_seed(sampling.seed, first_index + i),
+            stop=list(sampling.stop) or None,
+            logprobs=0,
+        )
+        for i in range(count)
+    ]
+
+
 def _as_prompt(prompt: str | Sequence[int]) -> Any:
     from vllm.inputs import TokensPrompt
 
@@ -70,7 +91,7 @@ def _as_prompt(prompt: str | Sequence[int]) -> Any:
     return TokensPrompt(prompt_token_ids=[int(t) for t in prompt])
 
 
-def _cpu_scheduler_args(max_model_len: int) -> dict[str, Any]:
+def cpu_scheduler_args(max_model_len: int) -> dict[str, Any]:
     """No chunked prefill on CPU: vLLM 0.32 rewinds a seeded request's generator after a partial prefill, which
     CPU generators do not support ("CPU Generator does not use offset"). Whole prompts per step avoid it."""
     if torch.cuda.is_available():
@@ -125,7 +146,7 @@ class VLLMGenerator:
             enforce_eager=enforce_eager,
             worker_extension_cls=WORKER_EXTENSION,
             **({"enable_sleep_mode": True} if enable_sleep_mode else {}),
-            **_cpu_scheduler_args(max_model_len),
+            **cpu_scheduler_args(max_model_len),
         )
         self.start_seconds = time.perf_counter() - start
         logger.info("vLLM engine for %s ready in %.1f s", self.model_path, self.start_seconds)
@@ -133,21 +154,6 @@ class VLLMGenerator:
     def ready(self) -> dict[str, Any]:
         """Returns once the engine is built (Ray callers wait on this); reports the start time."""
         return {"model_path": self.model_path, "start_seconds": self.start_seconds}
-
-    def _sampling_params(self, sampling: Sampling, seed: int | None) -> Any:
-        from vllm import SamplingParams
-
-        # logprobs=0: return only the sampled token's log-prob; vLLM's default "raw_logprobs" mode computes it
-        # from the model's logits before temperature/top-p, i.e. log π(token | context) of the policy itself.
-        return SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=seed,
-            stop=list(sampling.stop) or None,
-            logprobs=0,
-        )
 
     def generate(
         self, prompts: Sequence[str] | Sequence[Sequence[int]], sampling: Sampling, first_index: int = 0
@@ -158,10 +164,7 @@ class VLLMGenerator:
         ``prompts[0]`` in the whole batch when a pool has split it; it only enters the per-request seeds.
         Returns one Rollouts entry per (prompt, sample), n consecutive entries per prompt, in request order.
         """
-        params = [
-            self._sampling_params(sampling, request_seed(sampling.seed, first_index + i))
-            for i in range(len(prompts))
-        ]
+        params = request_params(sampling, len(prompts), first_index)
         outputs = self.llm.generate([_as_prompt(p) for p in prompts], params, use_tqdm=False)
         out = Rollouts([], [], [], [], [])
         for i, request in enumerate(outputs):

@@ -30,9 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 RUNNERS = ("ray_align", "trl", "torch")
-DATA = "/work/shared/data/pku-saferlhf/PKU-SafeRLHF_train_sample500.jsonl"
+# the shared data folder beside the repository (../shared/data/README.md)
+DATA = str(Path(__file__).resolve().parents[2] / "shared/data/pku-saferlhf/PKU-SafeRLHF_train_sample500.jsonl")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
