@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The SmolLM2 safety example end to end (README.md): score models → MoCAN → evaluation on BeaverTails.
-# Run from anywhere: bash examples/smollm2_safety/run.sh   (outputs under runs/smollm2-safety/, ~25 min on 2 cores)
+# Run from anywhere: bash examples/smollm2_safety/run.sh   (outputs under runs/smollm2-safety/, ~36 min on 2 cores)
 # A phase whose output exists is skipped, so a rerun continues after the last finished phase.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
