@@ -121,6 +121,19 @@ def refusal_lines(out: Path) -> list[str]:
     for policy, rows in frame.groupby("policy", sort=False):
         hit = rows["response"].str.contains(REFUSAL).to_numpy(dtype=np.float64)
         lines.append(f"| {policy} | {cell(cluster_bootstrap(hit, rows['prompt_id'].to_numpy()).to_dict())} |")
+    return [*lines, "", *paired_unsafe_lines(out)]
+
+
+def paired_unsafe_lines(out: Path) -> list[str]:
+    """Each policy's unsafe share minus π_ref's on the same (prompt, sample), resampled by prompt."""
+    frame = pd.read_parquet(out / "eval-beavertails" / "samples.parquet")
+    unsafe = frame.assign(unsafe=(frame["cost.safety"] > 0).astype(np.float64))
+    wide = unsafe.pivot_table(index=["prompt_id", "sample"], columns="policy", values="unsafe")
+    lines = []
+    for policy in (p for p in wide.columns if p != "reference"):
+        diff = (wide[policy] - wide["reference"]).to_numpy()
+        estimate = cluster_bootstrap(diff, wide.index.get_level_values("prompt_id").to_numpy())
+        lines.append(f"{policy}: unsafe share minus π_ref's, paired: {cell(estimate.to_dict())}")
     return lines
 
 
