@@ -98,21 +98,11 @@ def caid_job(args: argparse.Namespace):
     """(reference, overrides) on the known-optimum task; its harness lives with the integration tests."""
     root = Path(__file__).resolve().parents[1] / "tests"
     sys.path[:0] = [str(root / "unit"), str(root / "integration")]
-    from known_optimum import build_reference
+    from known_optimum import build_reference, caid_overrides
 
     reference = build_reference(Path(tempfile.mkdtemp(prefix="bench-async-caid-ref-")), 1)
     overrides = [
-        f"caid.samples_per_prompt={args.samples}",
-        "caid.num_prompts=3",
-        f"caid.iterations={args.steps or 5}",
-        f"caid.epochs_per_iteration={args.epochs or 20}",
-        "dual.rule=projected",
-        "dual.lr=0.5",
-        "dual.lam_max=10",
-        "training.lr=5e-3",
-        "training.scheduler=constant",
-        "training.batch_size=128",
-        "training.micro_batch_size=128",
+        *caid_overrides(args.samples, iterations=args.steps or 5, epochs=args.epochs or 20),
         "checkpoint.every=0",
         "eval.enabled=false",
     ]

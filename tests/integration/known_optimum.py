@@ -28,6 +28,29 @@ SCORERS = "ray_align.tasks.answer_scorer"
 COST_FUNCTIONS = ("default_safety_cost", "default_humour_cost")
 NAMES = ("safety", "humour")
 
+# Full-batch DPO on the one-token task, as the dual methods' known-optimum tests train it.
+DUAL_DPO = (
+    "training.lr=5e-3",
+    "training.scheduler=constant",
+    "training.batch_size=128",
+    "training.micro_batch_size=128",
+)
+
+
+def caid_overrides(samples: int, iterations: int, epochs: int) -> tuple[str, ...]:
+    """MoCAID on the one-token task as its known-optimum test runs it (3 prompts, projected dual steps η = 0.5),
+    at a size: K samples per prompt, outer iterations, DPO epochs per iteration."""
+    return (
+        f"caid.samples_per_prompt={samples}",
+        "caid.num_prompts=3",
+        f"caid.iterations={iterations}",
+        f"caid.epochs_per_iteration={epochs}",
+        "dual.rule=projected",
+        "dual.lr=0.5",
+        "dual.lam_max=10",
+        *DUAL_DPO,
+    )
+
 
 @dataclass
 class Reference:

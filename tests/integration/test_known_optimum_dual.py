@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from known_optimum import build_reference, evaluate, job_config
+from known_optimum import DUAL_DPO, build_reference, caid_overrides, evaluate, job_config
 
 from actors.launch import run_job
 from ray_align.tasks import fixed_points
@@ -22,12 +22,7 @@ from ray_align.tasks import fixed_points
 pytestmark = pytest.mark.integration
 
 K = 256
-DPO = (
-    "training.lr=5e-3",
-    "training.scheduler=constant",
-    "training.batch_size=128",
-    "training.micro_batch_size=128",
-)
+DPO = DUAL_DPO
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["m1", "m2"])
@@ -51,17 +46,7 @@ def test_mocan_reaches_the_optimum(ray_session, reference, tmp_path):
     assert np.all(outcome["slack"] >= -0.05), outcome
 
 
-CAID = (
-    f"can.samples_per_prompt={K}",
-    f"caid.samples_per_prompt={K}",
-    "caid.num_prompts=3",
-    "caid.iterations=2",
-    "caid.epochs_per_iteration=100",
-    "dual.rule=projected",
-    "dual.lr=0.5",
-    "dual.lam_max=10",
-    *DPO,
-)
+CAID = (f"can.samples_per_prompt={K}", *caid_overrides(K, iterations=2, epochs=100))
 ETA = 0.5
 
 
