@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from actors.packed_attention import packed_hidden, use_packed_attention
 from actors.train_config import TrainConfig
 from ray_align.losses.chunked import target_logprobs
 from ray_align.losses.logprobs import chunked_token_logprobs
@@ -37,7 +38,8 @@ class ModelOutputs(nn.Module):
         self.model = model
         self.output = output
         self.chunk_size = chunk_size
-        self.unpad = unpad
+        # packing needs the attention to dispatch through transformers' interface (actors.packed_attention)
+        self.unpad = unpad and output == "logprobs" and use_packed_attention(self.hf_model())
 
     def hf_model(self) -> nn.Module:
         """The transformers model (with LoRA layers injected, if any) inside an optional peft wrapper."""
@@ -64,8 +66,8 @@ class ModelOutputs(nn.Module):
 
         Selected: every position whose target is a real token (attention_mask[:, 1:]), narrowed to
         ``target_mask`` [B,T-1] when given (a loss that reads only the response). Only the selected
-        positions' hidden states go through the LM head (ray_align.losses.chunked), and with ``unpad`` each
-        right-padded row runs at its own length.
+        positions' hidden states go through the LM head (ray_align.losses.chunked), and with ``unpad`` the
+        right-padded rows run packed into one sequence, without their padding (actors.packed_attention).
         """
         head = hf.get_output_embeddings()
         if hasattr(head.weight, "ds_id"):  # ZeRO-3: every rank must run each module equally often
@@ -76,10 +78,10 @@ class ModelOutputs(nn.Module):
         select = attention_mask[:, 1:].bool()
         if target_mask is not None:
             select = select & target_mask.bool()
-        # row by row only on CPU: on a GPU one padded launch beats B small ones
+        # packed only on CPU: on a GPU the per-sequence attention loop would cost more than the padding
         cpu = input_ids.device.type == "cpu"
         if self.unpad and cpu and bool(select.any()) and is_right_padded(attention_mask):
-            hidden = self._selected_hidden_per_row(hf, input_ids, attention_mask, select)
+            hidden = self._selected_hidden_packed(hf, input_ids, attention_mask, select)
         else:
             if not bool(select.any()):  # nothing to read: every position, so the output still has a graph
                 select = torch.ones_like(select)
@@ -94,22 +96,20 @@ class ModelOutputs(nn.Module):
         return zeros.masked_scatter(select, logps)
 
     @staticmethod
-    def _selected_hidden_per_row(hf: nn.Module, input_ids: Tensor, attention_mask: Tensor, select: Tensor):
-        """Hidden states [N,H] of the selected positions (row-major, like ``select``), rows grouped by length:
-        each group runs as one batch cut at its own length, so no compute goes to padding and equal-length rows
-        (a one-token task's 512 rows) still share one forward. With right padding a row's real tokens see
-        exactly what they see in the padded batch."""
-        lengths = attention_mask.long().sum(dim=-1)
-        pieces: dict[int, Tensor] = {}
-        for n in sorted(set(lengths.tolist())):
-            rows = [r for r in (lengths == n).nonzero()[:, 0].tolist() if n >= 2 and bool(select[r].any())]
-            if not rows:  # select ⊆ attention_mask[:, 1:], so rows of length < 2 have nothing selected
-                continue
-            group = torch.tensor(rows, device=input_ids.device)
-            hidden = hf.base_model(input_ids=input_ids[group, :n], use_cache=False).last_hidden_state
-            for j, r in enumerate(rows):
-                pieces[r] = hidden[j, : n - 1][select[r, : n - 1]]
-        return torch.cat([pieces[r] for r in sorted(pieces)])
+    def _selected_hidden_packed(hf: nn.Module, input_ids: Tensor, attention_mask: Tensor, select: Tensor):
+        """Hidden states [N,H] of the selected positions (row-major, like ``select``): the rows with anything
+        selected, each cut at its length, run as one packed sequence. With right padding a row's real tokens
+        see exactly what they see in the padded batch."""
+        lengths = attention_mask.long().sum(dim=-1).tolist()
+        # select ⊆ attention_mask[:, 1:], so rows of length < 2 have nothing selected
+        rows = [r for r, n in enumerate(lengths) if n >= 2 and bool(select[r].any())]
+        hidden = packed_hidden(hf.base_model, input_ids[rows], [lengths[r] for r in rows])
+        pieces, start = [], 0
+        for r in rows:
+            n = lengths[r]
+            pieces.append(hidden[start : start + n - 1][select[r, : n - 1]])
+            start += n
+        return torch.cat(pieces)
 
 
 def is_right_padded(attention_mask: Tensor) -> bool:

@@ -1,7 +1,8 @@
 """Optimisation settings of a trainer group and what DeepSpeed and torch AdamW are built from.
 
 :class:`TrainConfig` is the trainer's own view of ``training.*`` (actors.build maps the job config onto it);
-:func:`lr_factor` is the warmup + constant/cosine schedule; :func:`deepspeed_config` the engine's config dict.
+:func:`lr_factor` is the warmup + constant/cosine schedule; :func:`deepspeed_config` the engine's config dict;
+:func:`fused_adamw` and :func:`adamw_param_groups` the optimizer's settings.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
     }
     config.update(train.extra_ds_config)
     return config
+
+
+def fused_adamw(device: Any, train: TrainConfig) -> bool | None:
+    """torch's fused AdamW kernel on CPU (one pass over each tensor instead of a chain of foreach ops: 0.26 →
+    0.08 s per step for 135M fp32 parameters on two cores, docs/performance.md); None, torch's default, on
+    other devices. Same update up to float rounding."""
+    return True if str(device) == "cpu" else None
 
 
 def adamw_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from torch import Tensor
 from actors.checkpoint import export_state_dict, save_hf_checkpoint
 from actors.distributed import comm_backend, device, init_process_group, shard_batch
 from actors.model_outputs import OUTPUT_OF_KIND, ModelOutputs, load_model
-from actors.train_config import TrainConfig, adamw_param_groups, deepspeed_config, lr_factor
+from actors.train_config import TrainConfig, adamw_param_groups, deepspeed_config, fused_adamw, lr_factor
 from actors.weight_sync import WeightSender, gathered_chunks, named_weights, plan_buckets, weight_meta
 
 
@@ -78,7 +78,11 @@ class TrainerRank:
             load_model(model_path, self.model_kind, train), self.output, train.logprob_chunk_size, train.unpad
         )
         optimizer = torch.optim.AdamW(
-            adamw_param_groups(module, train.weight_decay), lr=train.lr, betas=train.betas, eps=train.eps
+            adamw_param_groups(module, train.weight_decay),
+            lr=train.lr,
+            betas=train.betas,
+            eps=train.eps,
+            fused=fused_adamw(self.device, train),
         )
         warmup_steps = math.ceil(train.warmup_ratio * train.total_steps)
         factor = partial(

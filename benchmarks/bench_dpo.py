@@ -11,7 +11,8 @@ AdamW, β 0.1, fp32, gradient clipping at 1, --threads threads. Runners, each in
 
   ray_align  a one-rank TrainerGroup (ZeRO-0) under Ray: the reference pass over the run's pairs
              (preference.pair_logps), then train_step per batch; its time counts in the throughput
-  trl        trl.DPOTrainer with its defaults (reference forward every step), in sequential order
+  trl        trl.DPOTrainer with its defaults (reference forward every step) but fp32 (its configs default
+             to bf16 autocast), in sequential order
   torch      the floor: one process, a frozen copy of the model as reference, full logits, AdamW
 
 pairs/s = pairs trained after the warm-up steps / their seconds (for ray_align plus the reference pass of
@@ -183,7 +184,7 @@ def run_ray_align(args: argparse.Namespace, path: str) -> dict:
         group.shutdown()
         ray.shutdown()
     timed_ref = ref_seconds * args.steps / (args.warmup + args.steps)  # the timed steps' share of the pass
-    return {"step_seconds": times, "ref_seconds": timed_ref, "losses": losses}
+    return {"step_seconds": times[args.warmup :], "ref_seconds": timed_ref, "losses": losses}
 
 
 def run_trl(args: argparse.Namespace, path: str) -> dict:
@@ -225,6 +226,7 @@ def run_trl(args: argparse.Namespace, path: str) -> dict:
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        bf16=False,  # TRL's configs default to bf16 autocast; every runner here computes in fp32
         seed=0,
         dataloader_num_workers=0,
     )
