@@ -100,16 +100,12 @@ class ModelOutputs(nn.Module):
         """Hidden states [N,H] of the selected positions (row-major, like ``select``): the rows with anything
         selected, each cut at its length, run as one packed sequence. With right padding a row's real tokens
         see exactly what they see in the padded batch."""
-        lengths = attention_mask.long().sum(dim=-1).tolist()
-        # select ⊆ attention_mask[:, 1:], so rows of length < 2 have nothing selected
-        rows = [r for r, n in enumerate(lengths) if n >= 2 and bool(select[r].any())]
-        hidden = packed_hidden(hf.base_model, input_ids[rows], [lengths[r] for r in rows])
-        pieces, start = [], 0
-        for r in rows:
-            n = lengths[r]
-            pieces.append(hidden[start : start + n - 1][select[r, : n - 1]])
-            start += n
-        return torch.cat(pieces)
+        rows = select.any(dim=-1).nonzero()[:, 0]  # select ⊆ attention_mask[:, 1:]: real tokens only
+        lengths = attention_mask[rows].long().sum(dim=-1)
+        hidden, offsets = packed_hidden(hf.base_model, input_ids[rows], lengths)
+        # position t of row r (target t+1) is hidden[offsets[r] + t]; select[rows] is row-major like select
+        positions = offsets[:, None] + torch.arange(select.shape[1], device=offsets.device)[None, :]
+        return hidden[positions[select[rows]]]
 
 
 def is_right_padded(attention_mask: Tensor) -> bool:

@@ -27,21 +27,39 @@ PACKED = "ray_align_packed"
 
 
 def _packed_sdpa(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
-    """query [1, heads, N, d], key/value [1, kv_heads, N, d] → [1, N, heads, d], causal within each sequence."""
+    """query [1, heads, N, d], key/value [1, kv_heads, N, d] → [1, N, heads, d], causal within each sequence.
+
+    Consecutive sequences of one length run as one batch (a view, no copy): a task whose rows all have the
+    same few lengths makes a few attention calls, not one per row."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    scale, cut = kwargs.get("scaling"), bounds.tolist()
-    outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scale, enable_gqa=gqa
-        )
-        for s, e in pairwise(cut)
-    ]
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    outs = []
+    for start, count, n in equal_length_runs(bounds.tolist()):
+        q, k, v = (_run(x, start, count, n) for x in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=kwargs.get("scaling"), enable_gqa=gqa)
+        outs.append(out.transpose(1, 2).flatten(0, 1))  # [count·n, h, d]
+    return torch.cat(outs)[None], None
+
+
+def _run(x: Tensor, start: int, count: int, n: int) -> Tensor:
+    """[1, h, N, d] → the view [count, h, n, d] of ``count`` sequences of ``n`` tokens from ``start``."""
+    return x[0, :, start : start + count * n].unflatten(1, (count, n)).transpose(0, 1)
+
+
+def equal_length_runs(bounds: list[int]) -> list[tuple[int, int, int]]:
+    """(start, count, length) of each run of consecutive equal-length sequences, from boundaries [0, …, N]."""
+    runs: list[tuple[int, int, int]] = []
+    for start, end in pairwise(bounds):
+        n = end - start
+        if runs and runs[-1][2] == n:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, n)
+        else:
+            runs.append((start, 1, n))
+    return runs
 
 
 def use_packed_attention(model: nn.Module) -> bool:
@@ -63,20 +81,28 @@ def use_packed_attention(model: nn.Module) -> bool:
     return True
 
 
-def packed_hidden(backbone: nn.Module, input_ids: Tensor, lengths: list[int]) -> Tensor:
-    """Last hidden states [N, H] of the first lengths[i] tokens of each row of ``input_ids`` [B, T],
-    concatenated row after row (N = Σ lengths), computed as one packed sequence."""
-    device = input_ids.device
-    flat = torch.cat([input_ids[r, :n] for r, n in enumerate(lengths)])[None]
-    positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
-    bounds = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+def packed_hidden(backbone: nn.Module, input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """The first lengths[r] tokens of each row r of ``input_ids`` [B, T] through ``backbone`` as one packed
+    sequence: (hidden [N, H], offsets [B]), row r's token t at hidden[offsets[r] + t]. Rows are packed
+    shortest first, so rows of equal length sit together and share their attention calls."""
+    order = torch.argsort(lengths, stable=True)
+    sizes = lengths[order]
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    real = columns[None, :] < sizes[:, None]  # [B, T], rows in packing order
+    bounds = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)]).to(torch.int32)
+    longest = int(sizes.max())
     out = backbone(
-        input_ids=flat,
-        position_ids=positions,
+        input_ids=input_ids[order][real][None],
+        position_ids=columns.expand_as(real)[real][None],
+        # a 4-D mask is taken as already built: transformers skips its N×N packed-sequence mask (a quarter
+        # of a tiny model's step), which the per-sequence attention does not read
+        attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=input_ids.device),
         use_cache=False,
         cu_seq_lens_q=bounds,
         cu_seq_lens_k=bounds,
-        max_length_q=max(lengths),
-        max_length_k=max(lengths),
+        max_length_q=longest,
+        max_length_k=longest,
     )
-    return out.last_hidden_state[0]
+    offsets = torch.empty_like(sizes)
+    offsets[order] = bounds[:-1].to(sizes.dtype)
+    return out.last_hidden_state[0], offsets

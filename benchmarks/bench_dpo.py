@@ -17,7 +17,8 @@ AdamW, β 0.1, fp32, gradient clipping at 1, --threads threads. Runners, each in
 
 pairs/s = pairs trained after the warm-up steps / their seconds (for ray_align plus the reference pass of
 those pairs). Peak memory: the largest sum of RSS over the runner's process tree (for ray_align the Ray
-head processes and the trainer actor), sampled every 0.1 s. The loss of the last step is printed as a
+head processes and the trainer actor), sampled every 0.1 s; and the largest sum of PSS, sampled every
+second, which counts pages shared between processes (libraries) once. The loss of the last step is printed as a
 check that all runners computed the same thing.
 """
 
@@ -306,6 +307,18 @@ def tree_rss(proc) -> int:
     return total
 
 
+def tree_pss(proc) -> dict[str, int]:
+    """PSS per process of the tree, by "name pid": shared pages (torch's libraries, mapped by every Ray
+    worker) counted once in all, where a sum of RSS counts them in every process."""
+    import psutil
+
+    out = {}
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            out[f"{p.name()} {p.pid}"] = p.memory_full_info().pss
+    return out
+
+
 def measure(runner: str, args: argparse.Namespace, path: str) -> dict:
     import psutil
 
@@ -319,9 +332,13 @@ def measure(runner: str, args: argparse.Namespace, path: str) -> dict:
             cmd.append("--" + flag.replace("_", "-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     child = subprocess.Popen(cmd, env=env)
-    proc, peak = psutil.Process(child.pid), 0
+    proc, peak, peak_pss, tick = psutil.Process(child.pid), 0, {}, 0
     while child.poll() is None:
         peak = max(peak, tree_rss(proc))
+        if tick % 10 == 0:  # PSS reads smaps (~3 ms a process): once a second, the plateau lasts a step
+            pss = tree_pss(proc)
+            peak_pss = max(peak_pss, pss, key=lambda d: sum(d.values()))
+        tick += 1
         time.sleep(0.1)
     if child.returncode != 0:
         raise SystemExit(f"runner {runner} failed with exit code {child.returncode}")
@@ -330,7 +347,13 @@ def measure(runner: str, args: argparse.Namespace, path: str) -> dict:
     os.unlink(out)
     pairs = args.pairs_per_step * len(result["step_seconds"])
     seconds = sum(result["step_seconds"]) + result["ref_seconds"]
-    return {**result, "pairs_per_s": pairs / seconds, "peak_rss_gb": peak / 1e9}
+    return {
+        **result,
+        "pairs_per_s": pairs / seconds,
+        "peak_rss_gb": peak / 1e9,
+        "peak_pss_gb": sum(peak_pss.values()) / 1e9,
+        "pss_by_process_gb": {k: round(v / 1e9, 3) for k, v in sorted(peak_pss.items(), key=lambda kv: -kv[1])},
+    }
 
 
 def report(results: dict[str, dict], args: argparse.Namespace, path: str) -> None:
@@ -338,7 +361,10 @@ def report(results: dict[str, dict], args: argparse.Namespace, path: str) -> Non
         f"\nmodel {path}  pairs/step {args.pairs_per_step}  max_length {args.max_length}  "
         f"threads {args.threads}  timed steps {args.steps} after {args.warmup}"
     )
-    print(f"{'runner':>10} {'pairs/s':>8} {'peak GB':>8} {'vs trl':>12} {'vs torch':>12} {'last loss':>10}")
+    print(
+        f"{'runner':>10} {'pairs/s':>8} {'peak GB':>8} {'PSS GB':>7} {'vs trl':>12} {'vs torch':>12} "
+        f"{'last loss':>10}"
+    )
     for name, r in results.items():
         ratios = []
         for anchor in ("trl", "torch"):
@@ -349,10 +375,14 @@ def report(results: dict[str, dict], args: argparse.Namespace, path: str) -> Non
                 else "-"
             )
         print(
-            f"{name:>10} {r['pairs_per_s']:>8.3f} {r['peak_rss_gb']:>8.2f} {ratios[0]:>12} {ratios[1]:>12} "
+            f"{name:>10} {r['pairs_per_s']:>8.3f} {r['peak_rss_gb']:>8.2f} {r['peak_pss_gb']:>7.2f} "
+            f"{ratios[0]:>12} {ratios[1]:>12} "
             f"{r['losses'][-1]:>10.5f}"
         )
-    print("ratios: pairs/s × / peak memory ×")
+    print("ratios: pairs/s × / peak memory (RSS sum) ×")
+    for name, r in results.items():
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["pss_by_process_gb"].items())[:4])
+        print(f"{name:>10} PSS at its peak, GB: {top}")
 
 
 def main() -> None:

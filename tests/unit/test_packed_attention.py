@@ -46,11 +46,11 @@ def right_padded_pairs(lengths=(11, 6, 9, 6), width=12, seed=0):
 
 
 def count_sdpa_calls(monkeypatch) -> list[int]:
-    """Record the query length of every call of torch's SDPA function (the packed path's and any other)."""
+    """Record (batch, query length) of every call of torch's SDPA function (the packed path's and any other)."""
     calls, real = [], packed_attention.F.scaled_dot_product_attention
 
     def spy(query, *args, **kwargs):
-        calls.append(query.shape[2])
+        calls.append((query.shape[0], query.shape[2]))  # (sequences, length)
         return real(query, *args, **kwargs)
 
     monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention", spy)
@@ -62,14 +62,16 @@ def test_packed_hidden_equals_the_padded_batch(monkeypatch):
     reference = gqa_llama().eval()  # same seed and weights, left on SDPA
     assert use_packed_attention(model) and model.config._attn_implementation == PACKED
     batch = right_padded_pairs()
-    lengths = batch["attention_mask"].sum(-1).tolist()
+    lengths = batch["attention_mask"].sum(-1)
     with torch.no_grad():
         padded = reference.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         calls = count_sdpa_calls(monkeypatch)  # torch's own function: every SDPA call from here on
-        got = packed_hidden(model.base_model, batch["input_ids"], lengths)
-    want = torch.cat([padded.last_hidden_state[r, :n] for r, n in enumerate(lengths)])
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert calls == lengths * 2  # each layer attends once per sequence, at that sequence's length
+        hidden, offsets = packed_hidden(model.base_model, batch["input_ids"], lengths)
+    for r, n in enumerate(lengths.tolist()):
+        got = hidden[offsets[r] : offsets[r] + n]
+        torch.testing.assert_close(got, padded.last_hidden_state[r, :n], atol=1e-5, rtol=1e-5)
+    # shortest first, equal lengths in one call: per layer one call of the two 6-token rows, then 9, then 11
+    assert calls == [(2, 6), (1, 9), (1, 11)] * 2
 
 
 def test_a_switched_model_runs_padded_batches_as_sdpa():
@@ -104,10 +106,15 @@ def test_dpo_loss_and_grads_packed_equal_full_logits_on_the_padded_batch(monkeyp
     torch.testing.assert_close(got_loss, want_loss, atol=1e-6, rtol=1e-6)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
-    assert len(calls) == 4 * 2 * (2 if checkpointing else 1)  # 4 rows × 2 layers, again in the recompute
+    # rows of 11, 6, 9, 6 tokens: 3 calls a layer × 2 layers, again in the recompute
+    assert len(calls) == 3 * 2 * (2 if checkpointing else 1)
 
 
 def test_only_sdpa_models_are_switched():
     eager = gqa_llama(attn="eager")
     assert not use_packed_attention(eager) and eager.config._attn_implementation == "eager"
     assert not ModelOutputs(eager, "logprobs", chunk_size=5, unpad=True).unpad  # the padded batch runs
+
+
+def test_equal_length_runs():
+    assert packed_attention.equal_length_runs([0, 3, 6, 7, 9, 11, 13]) == [(0, 2, 3), (6, 1, 1), (7, 3, 2)]
