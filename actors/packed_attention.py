@@ -4,7 +4,8 @@ A DPO batch is 30% padding (docs/performance.md). Running each row alone removes
 matmul into B small ones, which on two cores was slower than the padded batch. Packing keeps one large
 matmul per layer over the real tokens only: the rows are concatenated into one sequence of N tokens with
 position ids restarting at 0 for each, and attention runs causally inside each sequence (the varlen
-attention flash-attention does on GPUs; here one ``scaled_dot_product_attention`` per sequence).
+attention flash-attention does on GPUs; here one ``scaled_dot_product_attention`` per run of equal-length
+sequences).
 
 transformers calls the attention through its ``AttentionInterface`` by the name in
 ``config._attn_implementation``. :func:`use_packed_attention` registers ``"ray_align_packed"``: given
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PACKED = "ray_align_packed"
+# Decoders whose attention is plain causal softmax attention through the interface (no sliding window by
+# default, no soft-capping, sinks or position biases that the per-sequence call would drop).
+PACKABLE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 def _packed_sdpa(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
@@ -37,10 +41,12 @@ def _packed_sdpa(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, a
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    outs = []
+    dropout, scale, outs = kwargs.get("dropout", 0.0), kwargs.get("scaling"), []
     for start, count, n in equal_length_runs(bounds.tolist()):
         q, k, v = (_run(x, start, count, n) for x in (query, key, value))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=kwargs.get("scaling"), enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa
+        )
         outs.append(out.transpose(1, 2).flatten(0, 1))  # [count·n, h, d]
     return torch.cat(outs)[None], None
 
@@ -63,8 +69,8 @@ def equal_length_runs(bounds: list[int]) -> list[tuple[int, int, int]]:
 
 
 def use_packed_attention(model: nn.Module) -> bool:
-    """Switch a model on SDPA attention to the packed-capable one; False (model unchanged) for any other
-    attention implementation or a model that does not dispatch through transformers' interface."""
+    """Switch a model on SDPA attention to the packed-capable one; False (model unchanged) for another
+    attention implementation, a model type outside PACKABLE, or a sliding window in use."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -72,7 +78,8 @@ def use_packed_attention(model: nn.Module) -> bool:
     current = getattr(config, "_attn_implementation", None)
     if current == PACKED:
         return True
-    if current != "sdpa" or not getattr(model, "_supports_attention_backend", False):
+    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    if current != "sdpa" or getattr(config, "model_type", None) not in PACKABLE or windowed:
         return False
     if PACKED not in AttentionInterface._global_mapping:
         AttentionInterface.register(PACKED, _packed_sdpa)

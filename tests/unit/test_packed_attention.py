@@ -118,3 +118,14 @@ def test_only_sdpa_models_are_switched():
 
 def test_equal_length_runs():
     assert packed_attention.equal_length_runs([0, 3, 6, 7, 9, 11, 13]) == [(0, 2, 3), (6, 1, 1), (7, 3, 2)]
+
+
+def test_a_sliding_window_or_an_unlisted_model_type_keeps_sdpa():
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+
+    small = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    mistral = MistralForCausalLM(MistralConfig(**small, intermediate_size=32, sliding_window=8))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
+    for model in (mistral, gpt2):
+        model.config._attn_implementation = "sdpa"
+        assert not use_packed_attention(model) and model.config._attn_implementation == "sdpa"
