@@ -110,7 +110,7 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
     return config
 
 
-def fused_adamw(device: Any, train: TrainConfig) -> bool | None:
+def fused_adamw(device: Any) -> bool | None:
     """torch's fused AdamW kernel on CPU (one pass over each tensor instead of a chain of foreach ops: 0.26 →
     0.08 s per step for 135M fp32 parameters on two cores, docs/performance.md); None, torch's default, on
     other devices. Same update up to float rounding."""

@@ -82,7 +82,7 @@ class TrainerRank:
             lr=train.lr,
             betas=train.betas,
             eps=train.eps,
-            fused=fused_adamw(self.device, train),
+            fused=fused_adamw(self.device),
         )
         warmup_steps = math.ceil(train.warmup_ratio * train.total_steps)
         factor = partial(
