@@ -25,7 +25,6 @@ check that all runners computed the same thing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -33,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_memory import wait_with_peaks  # benchmarks/ is on sys.path when this file runs as a script
 
 RUNNERS = ("ray_align", "trl", "torch")
 # the shared data folder beside the repository (../shared/data/README.md)
@@ -297,31 +298,7 @@ def run_torch(args: argparse.Namespace, path: str) -> dict:
 # ---- the driver: one child process per runner, RSS of its whole tree sampled ----------------------------------
 
 
-def tree_rss(proc) -> int:
-    import psutil
-
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):  # a process may end while we look
-            total += p.memory_info().rss
-    return total
-
-
-def tree_pss(proc) -> dict[str, int]:
-    """PSS per process of the tree, by "name pid": shared pages (torch's libraries, mapped by every Ray
-    worker) counted once in all, where a sum of RSS counts them in every process."""
-    import psutil
-
-    out = {}
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            out[f"{p.name()} {p.pid}"] = p.memory_full_info().pss
-    return out
-
-
 def measure(runner: str, args: argparse.Namespace, path: str) -> dict:
-    import psutil
-
     fd, out = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), "--model", path, "--run-one", runner, "--json", out]
@@ -332,14 +309,7 @@ def measure(runner: str, args: argparse.Namespace, path: str) -> dict:
             cmd.append("--" + flag.replace("_", "-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     child = subprocess.Popen(cmd, env=env)
-    proc, peak, peak_pss, tick = psutil.Process(child.pid), 0, {}, 0
-    while child.poll() is None:
-        peak = max(peak, tree_rss(proc))
-        if tick % 10 == 0:  # PSS reads smaps (~3 ms a process): once a second, the plateau lasts a step
-            pss = tree_pss(proc)
-            peak_pss = max(peak_pss, pss, key=lambda d: sum(d.values()))
-        tick += 1
-        time.sleep(0.1)
+    peaks = wait_with_peaks(child)
     if child.returncode != 0:
         raise SystemExit(f"runner {runner} failed with exit code {child.returncode}")
     with open(out) as f:
@@ -347,13 +317,7 @@ def measure(runner: str, args: argparse.Namespace, path: str) -> dict:
     os.unlink(out)
     pairs = args.pairs_per_step * len(result["step_seconds"])
     seconds = sum(result["step_seconds"]) + result["ref_seconds"]
-    return {
-        **result,
-        "pairs_per_s": pairs / seconds,
-        "peak_rss_gb": peak / 1e9,
-        "peak_pss_gb": sum(peak_pss.values()) / 1e9,
-        "pss_by_process_gb": {k: round(v / 1e9, 3) for k, v in sorted(peak_pss.items(), key=lambda kv: -kv[1])},
-    }
+    return {**result, "pairs_per_s": pairs / seconds, **peaks}
 
 
 def report(results: dict[str, dict], args: argparse.Namespace, path: str) -> None:
