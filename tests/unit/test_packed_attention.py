@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_chunked_logprobs import padded_pairs
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import actors.packed_attention as packed_attention
@@ -18,7 +19,7 @@ def gqa_llama(attn: str = "sdpa", layers: int = 2) -> LlamaForCausalLM:
     """A random Llama with grouped-query attention (4 query heads share 2 key/value heads), tied head."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=300,
+        vocab_size=512,  # padded_pairs' token ids are below 500
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=layers,
@@ -28,21 +29,6 @@ def gqa_llama(attn: str = "sdpa", layers: int = 2) -> LlamaForCausalLM:
         attn_implementation=attn,
     )
     return LlamaForCausalLM(config).float()
-
-
-def right_padded_pairs(lengths=(11, 6, 9, 6), width=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor(lengths)
-    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    input_ids = torch.randint(1, 300, (len(lengths), width), generator=g).masked_fill(attention_mask == 0, 0)
-    response = attention_mask.clone()
-    response[:, :4] = 0
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "response_mask": response[:, 1:].float(),
-        "ref_logps": torch.tensor([-30.0, -20.0, -25.0, -8.0]),
-    }
 
 
 def count_sdpa_calls(monkeypatch) -> list[int]:
@@ -61,7 +47,7 @@ def test_packed_hidden_equals_the_padded_batch(monkeypatch):
     model = gqa_llama().eval()
     reference = gqa_llama().eval()  # same seed and weights, left on SDPA
     assert use_packed_attention(model) and model.config._attn_implementation == PACKED
-    batch = right_padded_pairs()
+    batch = padded_pairs()
     lengths = batch["attention_mask"].sum(-1)
     with torch.no_grad():
         padded = reference.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -70,14 +56,14 @@ def test_packed_hidden_equals_the_padded_batch(monkeypatch):
     for r, n in enumerate(lengths.tolist()):
         got = hidden[offsets[r] : offsets[r] + n]
         torch.testing.assert_close(got, padded.last_hidden_state[r, :n], atol=1e-5, rtol=1e-5)
-    # shortest first, equal lengths in one call: per layer one call of the two 6-token rows, then 9, then 11
-    assert calls == [(2, 6), (1, 9), (1, 11)] * 2
+    # shortest first, equal lengths in one call: per layer one call of the two 7-token rows, then 9, then 12
+    assert calls == [(2, 7), (1, 9), (1, 12)] * 2
 
 
 def test_a_switched_model_runs_padded_batches_as_sdpa():
     model, reference = gqa_llama().eval(), gqa_llama().eval()
     use_packed_attention(model)
-    batch = right_padded_pairs(seed=1)
+    batch = padded_pairs(seed=1)
     with torch.no_grad():
         got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         want = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -89,7 +75,7 @@ def test_a_switched_model_runs_padded_batches_as_sdpa():
 def test_dpo_loss_and_grads_packed_equal_full_logits_on_the_padded_batch(monkeypatch, checkpointing):
     """ModelOutputs' fast path (packed, response positions only, GQA, tied head; with activation checkpointing
     the layers are recomputed through the same attention) has the plain loss and gradients."""
-    batch, spec = right_padded_pairs(), DPOSpec(beta=0.1)
+    batch, spec = padded_pairs(), DPOSpec(beta=0.1)
     plain = gqa_llama().train()
     logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logps = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
@@ -106,7 +92,7 @@ def test_dpo_loss_and_grads_packed_equal_full_logits_on_the_padded_batch(monkeyp
     torch.testing.assert_close(got_loss, want_loss, atol=1e-6, rtol=1e-6)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
-    # rows of 11, 6, 9, 6 tokens: 3 calls a layer × 2 layers, again in the recompute
+    # rows of 12, 7, 9, 7 tokens: 3 calls a layer × 2 layers, again in the recompute
     assert len(calls) == 3 * 2 * (2 if checkpointing else 1)
 
 
