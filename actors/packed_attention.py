@@ -35,10 +35,10 @@ def _packed_sdpa(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, a
 
     Consecutive sequences of one length run as one batch (a view, no copy): a task whose rows all have the
     same few lengths makes a few attention calls, not one per row."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     dropout, scale, outs = kwargs.get("dropout", 0.0), kwargs.get("scaling"), []
