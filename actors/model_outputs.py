@@ -33,11 +33,14 @@ class ModelOutputs(nn.Module):
     submodule's parameters in its own hooks, including the head inside the checkpointed chunks).
     """
 
-    def __init__(self, model: nn.Module, output: str, chunk_size: int, unpad: bool = True):
+    def __init__(
+        self, model: nn.Module, output: str, chunk_size: int, unpad: bool = True, dedup_rows: bool = True
+    ):
         super().__init__()
         self.model = model
         self.output = output
         self.chunk_size = chunk_size
+        self.dedup_rows = dedup_rows
         # packing needs the attention to dispatch through transformers' interface (actors.packed_attention)
         self.unpad = unpad and output == "logprobs" and use_packed_attention(self.hf_model())
 
@@ -46,6 +49,19 @@ class ModelOutputs(nn.Module):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None = None) -> Tensor:
+        if self.dedup_rows and not self._has_dropout():
+            first, inverse = unique_rows(input_ids, attention_mask, target_mask)
+            if first.numel() < input_ids.shape[0]:
+                # identical rows have identical outputs: each runs once, and indexing back sums their gradients
+                mask = None if target_mask is None else target_mask[first]
+                return self._outputs(input_ids[first], attention_mask[first], mask)[inverse]
+        return self._outputs(input_ids, attention_mask, target_mask)
+
+    def _has_dropout(self) -> bool:
+        """Whether a training forward draws dropout masks (then duplicate rows must each get their own)."""
+        return any(m.training and dropout_rate(m) > 0 for m in self.model.modules())
+
+    def _outputs(self, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None) -> Tensor:
         hf = self.hf_model()
         if self.output == "scores" and not isinstance(getattr(hf, "score", None), nn.Module):
             # an encoder classifier (BERT: [CLS] pooler): its own pooling, as the scorer actor reads it
@@ -108,6 +124,20 @@ class ModelOutputs(nn.Module):
         return hidden[positions[select[rows]]]
 
 
+def unique_rows(
+    input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(first index of each distinct row, the distinct row of every row): rows are the same when their real
+    tokens, attention masks and target masks are."""
+    parts = [input_ids.masked_fill(attention_mask == 0, 0).long(), attention_mask.long()]
+    if target_mask is not None:
+        parts.append(target_mask.long())
+    _, inverse = torch.unique(torch.cat(parts, dim=1), dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), inverse.numel(), dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(inverse.numel(), device=inverse.device), "amin")
+    return first, inverse
+
+
 def is_right_padded(attention_mask: Tensor) -> bool:
     """True when every row's mask is ones then zeros (collate's layout); left padding or holes are False."""
     lengths = attention_mask.long().sum(dim=-1, keepdim=True)
@@ -145,6 +175,17 @@ def load_model(model_path: str, model_kind: str, train: TrainConfig) -> nn.Modul
         )
         model = peft.get_peft_model(model, config)
     return model
+
+
+def dropout_rate(module: nn.Module) -> float:
+    """The largest dropout probability ``module`` applies itself (nn.Dropout, or an attention layer's rate)."""
+    rates = [module.p] if isinstance(module, nn.Dropout) else []
+    rates += [
+        getattr(module, a)
+        for a in ("attention_dropout", "dropout")
+        if isinstance(getattr(module, a, None), float)
+    ]
+    return max(rates, default=0.0)
 
 
 def disable_dropout(model: nn.Module) -> None:

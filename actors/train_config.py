@@ -57,6 +57,7 @@ class TrainConfig:
     # and the LM head over every position, for comparison. Neither changes a loss or a gradient.
     unpad: bool = True  # each right-padded row runs at its own length (CPU only; not under ZeRO-3)
     response_only_logprobs: bool = True  # train_step computes log-probs where response_mask is 1 only
+    dedup_rows: bool = True  # identical rows of a batch run once (not while dropout is active)
     seed: int = 0
     extra_ds_config: dict[str, Any] = field(default_factory=dict)
 

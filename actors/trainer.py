@@ -74,9 +74,8 @@ class TrainerRank:
         # Alive during from_pretrained: under ZeRO-3 transformers then partitions the weights while loading.
         hf_ds = HfDeepSpeedConfig(ds_config) if train.zero_stage == 3 else None
         torch.manual_seed(train.seed)
-        module = ModelOutputs(
-            load_model(model_path, self.model_kind, train), self.output, train.logprob_chunk_size, train.unpad
-        )
+        model = load_model(model_path, self.model_kind, train)
+        module = ModelOutputs(model, self.output, train.logprob_chunk_size, train.unpad, train.dedup_rows)
         optimizer = torch.optim.AdamW(
             adamw_param_groups(module, train.weight_decay),
             lr=train.lr,

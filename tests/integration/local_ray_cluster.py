@@ -30,25 +30,25 @@ ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now. The sockets stay open until all are bound: ports taken one at a time
+    can come back twice (the kernel hands out a just-released port again), and Ray refuses a node whose
+    components share a port."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
-def _ports(head: bool) -> list[str]:
-    """Every port a node opens, chosen free now; workers bind random ports (0)."""
-    names = [
-        "node-manager-port",
-        "object-manager-port",
-        "metrics-export-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-    ]
-    if head:
-        names += ["ray-client-server-port"]
-    return [f"--{name}={free_port()}" for name in names] + ["--min-worker-port=0", "--max-worker-port=0"]
+PORT_NAMES = [
+    "node-manager-port",
+    "object-manager-port",
+    "metrics-export-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+]
 
 
 class LocalRayCluster:
@@ -58,8 +58,8 @@ class LocalRayCluster:
         self.root = Path(tempfile.mkdtemp(prefix="ra-", dir="/tmp"))
         self.env = os.environ | ENV
         self.nodes: list[subprocess.Popen] = []
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
+        self._used: set[int] = set()
+        self.gcs_port, self.dashboard_port = self._free_ports(2)
 
     @property
     def address(self) -> str:
@@ -68,6 +68,23 @@ class LocalRayCluster:
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _free_ports(self, count: int) -> list[int]:
+        """Free ports none of this cluster's nodes was given before."""
+        while True:
+            ports = free_ports(count)
+            if not self._used.intersection(ports):
+                self._used.update(ports)
+                return ports
+
+    def _port_args(self, head: bool) -> list[str]:
+        """Every port a node opens, chosen free now; workers bind random ports (0)."""
+        names = PORT_NAMES + (["ray-client-server-port"] if head else [])
+        ports = self._free_ports(len(names))
+        return [f"--{n}={p}" for n, p in zip(names, ports, strict=True)] + [
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+        ]
 
     def __enter__(self) -> LocalRayCluster:
         return self
@@ -101,10 +118,10 @@ class LocalRayCluster:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
         ]
-        self._start(args + _ports(head=True), num_cpus, resources)
+        self._start(args + self._port_args(head=True), num_cpus, resources)
 
     def add_worker(self, num_cpus: int, resources: dict[str, float]) -> None:
-        self._start([f"--address={self.address}", *_ports(head=False)], num_cpus, resources)
+        self._start([f"--address={self.address}", *self._port_args(head=False)], num_cpus, resources)
 
     def wait_for_nodes(self, count: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Until ``count`` nodes are alive (the dashboard answers once the head is up)."""
