@@ -93,6 +93,8 @@ class ClusterBuilder:
     groups: list[TrainerGroup] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
     engines: GeneratorPool | None = None
+    # (actors, role) started with wait=False: wait_ready() blocks until they answer
+    pending: list[tuple[list[Any], str]] = field(default_factory=list)
 
     def start(self) -> None:
         self.pg = placement_group(self.plan.bundles, strategy=self.plan.strategy)
@@ -129,7 +131,12 @@ class ClusterBuilder:
         spec = DualRuleSpec.from_config(self.config.dual, self.models.constraint_names)
         return Sync(self._actor(DualCoordinator, "coordinator", 0, spec))
 
-    def generator(self) -> GeneratorPool:
+    def wait_ready(self) -> None:
+        """Block until every role started with ``wait=False`` answers."""
+        while self.pending:
+            self._wait_ready(*self.pending.pop(0))
+
+    def generator(self, wait: bool = True) -> GeneratorPool:
         g = self.config.generation
         engine = GeneratorConfig(
             model_path=self.models.policy,
@@ -152,10 +159,12 @@ class ClusterBuilder:
             sleep=self.plan.engine_sleep,
             colocated=self.plan.share_gpus("trainer", "generator"),
         )
-        self.engines.ready()
+        self.pending.append((handles, "generator"))
+        if wait:
+            self.wait_ready()
         return self.engines
 
-    def scorer(self) -> JointScorer:
+    def scorer(self, wait: bool = True) -> JointScorer:
         m = self.models
         s = self.config.scoring
         n_pools = self.plan.count("scorer")
@@ -185,7 +194,9 @@ class ClusterBuilder:
             stacked = StackedFunctions(tuple(fn for _, fn, _ in functions))
             handle = self._actor(FunctionScorer, "scorer", 0, stacked, m.policy)
             parts.append((ScorerPool([handle]), [c for c, _, _ in functions], [s for _, _, s in functions]))
-        self._wait_ready([h for pool, _, _ in parts for h in pool.handles], "scorer")
+        self.pending.append(([h for pool, _, _ in parts for h in pool.handles], "scorer"))
+        if wait:
+            self.wait_ready()
         return JointScorer(parts, 1 + len(m.constraints))
 
     def reference(self) -> ScorerPool:
@@ -203,6 +214,7 @@ class ClusterBuilder:
         lr: float | None = None,
         role: str = "trainer",
         rows_per_example: int = 1,
+        wait: bool = True,
     ) -> TrainerGroup:
         """A DeepSpeed group on the ``role`` bundles; algorithms call this through ``Cluster.new_trainer``."""
         t = self.config.training
@@ -244,6 +256,7 @@ class ClusterBuilder:
             bundle_indices=[s.bundle for s in slots],
             # engines that share the trainers' GPUs free them first (engine_sleep in the resources file)
             before_compute=self.engines.sleep if self.engines and role == "trainer" else None,
+            wait=wait,
         )
         self.groups.append(group)
         return group
@@ -278,10 +291,14 @@ def build_cluster(
     if "critic" in roles:
         # PPO-Lagrangian holds 1 + m critic groups at once (reward, one per constraint) on the critic bundles.
         builder.shares["critic"] = 1 + len(models.constraint_names)
+    # The roles start side by side (process starts, imports and model loads overlap), unless the scorer shares
+    # the generator's GPU: vLLM sizes its KV cache from the memory free while it starts.
+    overlap = not builder.plan.share_gpus("scorer", "generator")
     if "generator" in roles:
-        cluster.generator = builder.generator()
+        cluster.generator = builder.generator(wait=not overlap)
     if "scorer" in roles:
-        cluster.scorer = builder.scorer()
+        cluster.scorer = builder.scorer(wait=not overlap)
     if "reference" in roles:
         cluster.reference = builder.reference()
+    builder.wait_ready()
     return cluster, builder

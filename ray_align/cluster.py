@@ -111,6 +111,8 @@ class PolicyTrainer(Protocol):
 
     def load(self, path: str) -> None: ...
 
+    def wait_ready(self) -> Any: ...
+
     def shutdown(self) -> None: ...
 
 
@@ -135,6 +137,7 @@ class TrainerFactory(Protocol):
 
     kind: "causal_lm" (a policy), "token_value" (a critic) or "sequence_score" (a reward/cost model).
     ``total_steps`` sizes the learning-rate schedule. Call ``shutdown()`` on the result to free its bundles.
+    ``wait=False`` returns before the group is up, so several can start side by side; ``wait_ready()`` then.
     """
 
     def __call__(
@@ -145,6 +148,7 @@ class TrainerFactory(Protocol):
         total_steps: int,
         lr: float | None = None,
         role: str = "trainer",
+        wait: bool = True,
     ) -> PolicyTrainer: ...
 
 

@@ -301,13 +301,16 @@ def start_models(
     if any(path is None for path in critic_paths):
         raise ValueError("ppo_lag needs critics: set models.critic and models.cost_critic (or models.tiny)")
     updates = steps * config.ppo.ppo_epochs * (config.ppo.rollout_batch_size // config.training.batch_size)
-    actor = cluster.new_trainer(actor_path, "causal_lm", total_steps=updates)
+    # started side by side (each rank's process start, imports and engine build overlap), then awaited
+    actor = cluster.new_trainer(actor_path, "causal_lm", total_steps=updates, wait=False)
     critics = [
         cluster.new_trainer(
-            path, "token_value", total_steps=updates, lr=config.training.critic_lr, role="critic"
+            path, "token_value", total_steps=updates, lr=config.training.critic_lr, role="critic", wait=False
         )
         for path in critic_paths
     ]
+    for trainer in (actor, *critics):
+        trainer.wait_ready()
     return actor, critics
 
 
