@@ -177,14 +177,15 @@ def load_model(model_path: str, model_kind: str, train: TrainConfig) -> nn.Modul
     return model
 
 
+# Where dropout lives: nn.Dropout modules, and float rates that attention layers keep as attributes and apply
+# in their own forward (transformers' attention functions take them as an argument).
+RATE_ATTRS = ("attention_dropout", "dropout")
+
+
 def dropout_rate(module: nn.Module) -> float:
     """The largest dropout probability ``module`` applies itself (nn.Dropout, or an attention layer's rate)."""
     rates = [module.p] if isinstance(module, nn.Dropout) else []
-    rates += [
-        getattr(module, a)
-        for a in ("attention_dropout", "dropout")
-        if isinstance(getattr(module, a, None), float)
-    ]
+    rates += [getattr(module, a) for a in RATE_ATTRS if isinstance(getattr(module, a, None), float)]
     return max(rates, default=0.0)
 
 
@@ -197,6 +198,6 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-        for attr in ("attention_dropout", "dropout"):
+        for attr in RATE_ATTRS:
             if isinstance(getattr(module, attr, None), float):
                 setattr(module, attr, 0.0)

@@ -28,16 +28,13 @@ def test_unique_rows_compares_real_tokens_and_both_masks():
 
 def repeated_pairs():
     """padded_pairs' 2 pairs, each repeated: rows [c0, c1, c0, c1, c0 | r0, r1, r0, r1, r0] (5 pairs, 4 distinct
-    sequences), with their own reference log-probs."""
-    base = padded_pairs()
-    chosen, rejected = [0, 1, 0, 1, 0], [2, 3, 2, 3, 2]
-    batch = {k: v[chosen + rejected] for k, v in base.items() if k != "ref_logps"}
-    batch["ref_logps"] = base["ref_logps"][chosen + rejected]
-    return batch
+    sequences), reference log-probs included."""
+    rows = [0, 1, 0, 1, 0, 2, 3, 2, 3, 2]  # chosen, then rejected
+    return {k: v[rows] for k, v in padded_pairs().items()}
 
 
-def row_counts(module: ModelOutputs) -> list[int]:
-    """Rows the embedding layer saw per call (packed: 1 sequence of their summed lengths, so count tokens)."""
+def token_counts(module: ModelOutputs) -> list[int]:
+    """Tokens the embedding layer saw per call (padded: rows × length; packed: the rows' summed lengths)."""
     seen: list[int] = []
     embed = module.hf_model().get_input_embeddings()
     embed.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].numel())))
@@ -50,7 +47,7 @@ def test_dpo_loss_and_grads_equal_the_rows_run_one_by_one():
     results = {}
     for dedup in (False, True):
         module = ModelOutputs(gqa_llama().train(), "logprobs", chunk_size=5, unpad=True, dedup_rows=dedup)
-        tokens = row_counts(module)
+        tokens = token_counts(module)
         loss, _ = spec(module(*args), batch)
         results[dedup] = (loss, torch.autograd.grad(loss, list(module.parameters())), tokens)
     (want, want_grads, all_tokens), (got, grads, distinct_tokens) = results[False], results[True]
@@ -79,7 +76,7 @@ def test_values_and_scores_equal_the_rows_run_one_by_one():
         dedup = ModelOutputs(model, output, chunk_size=5, dedup_rows=True)
         with torch.no_grad():
             want = plain(batch["input_ids"], batch["attention_mask"])
-            seen = row_counts(dedup)
+            seen = token_counts(dedup)
             got = dedup(batch["input_ids"], batch["attention_mask"])
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
         assert seen == [4 * 12], output  # 4 distinct rows of the padded batch
@@ -92,7 +89,7 @@ def test_active_dropout_runs_every_row(training):
     for layer in model.model.layers:
         layer.self_attn.attention_dropout = 0.1
     module = ModelOutputs(model, "logprobs", chunk_size=5, unpad=True).train(training)
-    tokens = row_counts(module)
+    tokens = token_counts(module)
     batch = repeated_pairs()
     with torch.no_grad():
         module(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
